@@ -1,0 +1,43 @@
+# crirt's two everyday commands are `make serve` and `make test`; each sets up what it needs first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
+# Debian packages crirt and its tests use; only the missing ones are installed.
+APT_PACKAGES ?=
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: serve test proto bench system venv clean
+
+serve: system venv
+	$(VENV)/bin/crirt serve $(if $(CONFIG),--config $(CONFIG))
+
+test: system venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+proto: venv
+	$(PY) tools/genproto.py
+
+bench: venv
+	$(PY) bench/list_containers.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(SHIM_PROJECTS)
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "crirt needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV) || { apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' $(foreach shim,$(dir $(SHIM_PROJECTS)),-e ./$(shim))
+	touch $@
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) crirt.egg-info

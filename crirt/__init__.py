@@ -1,0 +1,3 @@
+from importlib.metadata import version as _version
+
+__version__ = _version("crirt")

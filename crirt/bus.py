@@ -1,0 +1,214 @@
+"""The in-process command bus: one handler per command type, keyed serialization, events.
+
+Commands that share a lock key (the same pod, container or image) run one after another in arrival order;
+all others run concurrently. Events go to subscribers through bounded queues: a subscriber that falls
+behind is dropped (with a log line) rather than ever blocking a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from crirt.commands.base import Command, Result
+from crirt.model.base import Model
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Command)
+Handler = Callable[[Any], Awaitable[Result] | AsyncIterator[Result]]
+"""A unary handler is ``async def h(cmd) -> Result``; a streaming one is ``async def h(cmd)`` yielding results."""
+
+CallNext = Callable[[Command], Awaitable[Any]]
+Middleware = Callable[[Command, CallNext], Awaitable[Any]]
+"""Wraps every unary dispatch: ``await mw(cmd, call_next)``; must return what ``call_next(cmd)`` returns."""
+
+
+class BusError(Exception):
+    """Misuse of the bus (a command type with no handler, or two handlers for one type)."""
+
+
+class SubscriberDropped(Exception):
+    """Raised from a subscription whose queue overflowed because its reader fell behind."""
+
+
+class _KeyedLocks:
+    """One FIFO lock per key, created on demand and forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: tuple[str, ...]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))  # a global order: two multi-key commands can never deadlock
+        for key in ordered:
+            self._users[key] = self._users.get(key, 0) + 1
+            self._locks.setdefault(key, asyncio.Lock())
+        acquired: list[str] = []
+        try:
+            for key in ordered:
+                await self._locks[key].acquire()
+                acquired.append(key)
+            yield
+        finally:
+            for key in acquired:
+                self._locks[key].release()
+            for key in ordered:
+                self._users[key] -= 1
+                if not self._users[key]:
+                    del self._users[key], self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass
+class Subscription:
+    """A bounded queue of events for one reader; iterate it to receive events in publish order."""
+
+    bus: Bus
+    queue: asyncio.Queue[Model | None]
+    name: str
+    dropped: bool = False
+
+    def __aiter__(self) -> AsyncIterator[Model]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Model]:
+        try:
+            while True:
+                event = await self.queue.get()
+                if event is None:
+                    raise SubscriberDropped(f"event subscriber {self.name!r} fell more than "
+                                            f"{self.queue.maxsize} events behind and was dropped")
+                yield event
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.bus._subscribers.discard(self)
+
+
+@dataclass
+class Bus:
+    """Dispatches commands to their handlers and fans events out to subscribers."""
+
+    subscriber_queue_size: int = 1000
+    middleware: list[Middleware] = field(default_factory=list)
+    _handlers: dict[type[Command], Handler] = field(default_factory=dict)
+    _locks: _KeyedLocks = field(default_factory=_KeyedLocks)
+    _subscribers: set[Subscription] = field(default_factory=set)
+
+    def register(self, command_type: type[C], handler: Handler) -> None:
+        """Make ``handler`` the one handler of ``command_type``."""
+        if command_type in self._handlers:
+            raise BusError(f"{command_type.__name__} already has a handler")
+        self._handlers[command_type] = handler
+
+    def handles(self, command_type: type[Command]) -> bool:
+        return command_type in self._handlers
+
+    def _handler_for(self, command: Command) -> Handler:
+        try:
+            return self._handlers[type(command)]
+        except KeyError:
+            raise BusError(f"no handler registered for {type(command).__name__}") from None
+
+    async def dispatch(self, command: Command) -> Any:
+        """Run a unary command through the middleware chain and its handler, under its lock keys."""
+        handler = self._handler_for(command)
+
+        async def run(cmd: Command) -> Any:
+            async with self._locks.hold(cmd.lock_keys()):
+                return await handler(cmd)  # type: ignore[misc]
+
+        call: CallNext = run
+        for mw in reversed(self.middleware):
+            call = _bind(mw, call)
+        return await call(command)
+
+    def stream(self, command: Command) -> AsyncIterator[Result]:
+        """Start a streaming command; its handler yields results. Streams take no locks."""
+        return self._handler_for(command)(command)  # type: ignore[return-value]
+
+    def subscribe(self, name: str) -> Subscription:
+        """A new subscription that receives every event published from now on."""
+        sub = Subscription(self, asyncio.Queue(self.subscriber_queue_size), name)
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: Model) -> None:
+        """Hand an event to every subscriber without waiting; drop subscribers whose queue is full."""
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("dropping event subscriber %r: %d events behind", sub.name, sub.queue.qsize())
+                self._subscribers.discard(sub)
+                sub.dropped = True
+                _ = sub.queue.get_nowait()  # make room for the end-of-stream marker
+                sub.queue.put_nowait(None)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+
+def _bind(mw: Middleware, call_next: CallNext) -> CallNext:
+    async def call(cmd: Command) -> Any:
+        return await mw(cmd, call_next)
+
+    return call
+
+
+@dataclass
+class RpcStats:
+    """Call count, error count and total latency of one command type."""
+
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    max_seconds: float = 0.0
+
+
+@dataclass
+class MetricsMiddleware:
+    """Counts calls, errors and latency per RPC; shown in Status' verbose info."""
+
+    stats: dict[str, RpcStats] = field(default_factory=dict)
+
+    async def __call__(self, command: Command, call_next: CallNext) -> Any:
+        entry = self.stats.setdefault(command.rpc, RpcStats())
+        start = time.perf_counter()
+        try:
+            return await call_next(command)
+        except BaseException:
+            entry.errors += 1
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            entry.calls += 1
+            entry.seconds += elapsed
+            entry.max_seconds = max(entry.max_seconds, elapsed)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {rpc: {"calls": s.calls, "errors": s.errors, "seconds_total": round(s.seconds, 6),
+                      "seconds_max": round(s.max_seconds, 6)} for rpc, s in sorted(self.stats.items())}
+
+
+async def logging_middleware(command: Command, call_next: CallNext) -> Any:
+    """Logs each command at debug level with its duration, and failures at info level."""
+    start = time.perf_counter()
+    try:
+        result = await call_next(command)
+    except Exception as exc:
+        log.info("%s failed after %.1f ms: %s", command.rpc, (time.perf_counter() - start) * 1e3, exc)
+        raise
+    log.debug("%s done in %.1f ms", command.rpc, (time.perf_counter() - start) * 1e3)
+    return result

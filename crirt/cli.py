@@ -1,0 +1,74 @@
+"""The ``crirt`` command: ``serve``, ``config``, ``ctl`` and ``--version``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crirt import __version__
+from crirt.config import Config, ConfigError, load_config
+from crirt.ctl.commands import app as ctl_app
+
+app = typer.Typer(help="crirt: a Kubernetes CRI container runtime.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(ctl_app, name="ctl")
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file [default: "
+                                                   "/etc/crirt/config.toml if present]")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crirt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """crirt: a Kubernetes CRI container runtime."""
+
+
+def _load(config: Path | None, **overrides: object) -> Config:
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(f"crirt: config error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    address: Annotated[str | None, typer.Option(help="unix:///path of the CRI socket")] = None,
+    root: Annotated[Path | None, typer.Option(help="persistent state directory")] = None,
+    state: Annotated[Path | None, typer.Option(help="runtime state directory (tmpfs)")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+) -> None:
+    """Serve the CRI on a unix socket until SIGTERM or SIGINT."""
+    from crirt.server import StartupError, run
+
+    cfg = _load(config, address=address, root=root, state=state, log_level=log_level)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("hpack", "h2"):  # their debug output is per-frame noise
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+    try:
+        run(cfg)
+    except StartupError as exc:
+        typer.echo(f"crirt: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective configuration (file, environment and defaults merged) as JSON."""
+    typer.echo(_load(config).model_dump_json(indent=2))
+

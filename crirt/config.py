@@ -1,0 +1,132 @@
+"""crirt's configuration: one TOML file, ``CRIRT_*`` environment overrides, embedded defaults.
+
+Precedence, highest first: command-line flags, environment (``CRIRT_LOG_LEVEL``, nested keys with ``__`` as in
+``CRIRT_CNI__CONF_DIR``), the TOML file, the defaults below. A missing file means "run on the defaults".
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = Path("/etc/crirt/config.toml")
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``lines`` holds one message per bad key."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeHandlerConfig(_Section):
+    """One RuntimeClass handler: which shim plugin serves it and with which plugin options."""
+
+    shim: str = Field(min_length=1, description="name of the shim plugin's entry point (group crirt.shims)")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the plugin as they are")
+
+
+class CniConfig(_Section):
+    """Where CNI network configs and plugin binaries live."""
+
+    conf_dir: Path = Path("/etc/cni/net.d")
+    bin_dirs: list[Path] = Field(default_factory=lambda: [Path("/usr/lib/cni"), Path("/opt/cni/bin")])
+
+
+class GrpcConfig(_Section):
+    """Limits of the gRPC front end (the kubelet's own limit is 16 MiB each way)."""
+
+    max_recv_message_size: int = Field(16 * MIB, ge=1024)
+    max_send_message_size: int = Field(16 * MIB, ge=1024)
+
+
+class Config(BaseSettings):
+    """The whole configuration; ``crirt config`` prints the effective one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRIRT_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    address: str = "unix:///run/crirt/crirt.sock"
+    root: Path = Path("/var/lib/crirt")
+    state: Path = Path("/run/crirt")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cgroup_driver: Literal["cgroupfs", "systemd"] = "cgroupfs"
+    shutdown_grace_period: float = Field(10.0, ge=0, description="seconds in-flight calls get on SIGTERM")
+    event_queue_size: int = Field(1000, ge=1, description="events a slow subscriber may lag before dropped")
+    default_runtime: str = Field("runc", min_length=1, description="handler used for the empty handler name")
+    runtimes: dict[str, RuntimeHandlerConfig] = Field(
+        default_factory=lambda: {"runc": RuntimeHandlerConfig(shim="runc")}
+    )
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    cni: CniConfig = Field(default_factory=CniConfig)
+
+    @field_validator("address")
+    @classmethod
+    def _unix_address(cls, value: str) -> str:
+        if not value.startswith("unix://") or len(value) <= len("unix://"):
+            raise ValueError("must be unix:///absolute/path")
+        if not value.removeprefix("unix://").startswith("/"):
+            raise ValueError("the socket path must be absolute (unix:///run/crirt/crirt.sock)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.address.removeprefix("unix://"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (``None``: the default file, if present), apply env and ``overrides``, validate."""
+    file = path or DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
+    elif path is not None:
+        raise ConfigError([f"{file}: no such config file"])
+    try:
+        config = Config(**data)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                setattr(config, key, value)  # validated: validate_assignment is on
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    if config.default_runtime not in config.runtimes:
+        raise ConfigError([f"default_runtime: {config.default_runtime!r} is not a key of [runtimes] "
+                           f"(known: {', '.join(sorted(config.runtimes)) or 'none'})"])
+    return config
+
+
+def _describe(err: Any) -> str:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+    return f"{key}: {message} (got {err.get('input')!r})" if err["type"] != "missing" else f"{key}: {message}"

@@ -1,0 +1,1 @@
+"""Containers: records, lifecycle handlers and queries."""

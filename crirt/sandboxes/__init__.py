@@ -1,0 +1,1 @@
+"""Pod sandboxes: records, lifecycle handlers and queries."""

@@ -1,0 +1,155 @@
+"""The crirt daemon: wires config, store, bus, shim registry and front end, and serves on a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.health.v1 import health_pb2
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server
+
+from crirt import __version__
+from crirt._gen.google_proto_descriptor_pool import default_google_proto_descriptor_pool
+from crirt.api.codec import PassThroughCodec
+from crirt.api.encoders import hot_path_encoders
+from crirt.api.frontend import Frontend, Limits
+from crirt.bus import Bus, MetricsMiddleware, logging_middleware
+from crirt.config import Config
+from crirt.containers.queries import ContainerQueries
+from crirt.sandboxes.queries import SandboxQueries
+from crirt.shim.registry import HandlerSpec, ShimRegistry
+from crirt.status import RuntimeInfo
+from crirt.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """crirt cannot start; the message says why."""
+
+
+@dataclass
+class App:
+    """Everything a running crirt holds."""
+
+    config: Config
+    store: Store
+    bus: Bus
+    registry: ShimRegistry
+    metrics: MetricsMiddleware
+    frontend: Frontend
+
+
+def build_app(config: Config) -> App:
+    """Open the store, load the shim plugins and register every implemented command's handler."""
+    store = Store(config.root / "crirt.db")
+    metrics = MetricsMiddleware()
+    bus = Bus(subscriber_queue_size=config.event_queue_size, middleware=[logging_middleware, metrics])
+    registry = ShimRegistry.load(
+        [HandlerSpec(name, rt.shim, rt.options) for name, rt in config.runtimes.items()],
+        default=config.default_runtime, root=config.root, state=config.state,
+    )
+    RuntimeInfo(config, registry, metrics, store).register(bus)
+    ContainerQueries(store).register(bus)
+    SandboxQueries(store).register(bus)
+    limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
+    frontend = Frontend(bus, limits, hot_path_encoders())
+    return App(config, store, bus, registry, metrics, frontend)
+
+
+async def _socket_is_live(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _prepare_socket(path: Path) -> None:
+    """Create the socket's directory; replace a stale socket; refuse when a live server answers on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if await _socket_is_live(path):
+            raise StartupError(f"another server is already answering on {path}; stop it or choose another --address")
+        if not path.is_socket():
+            raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+        log.info("removing stale socket %s", path)
+        path.unlink()
+
+
+def _services(app: App, serving: ServiceStatus) -> list[object]:
+    cri = app.frontend.services()
+    health = Health({service: [serving] for service in cri})
+    pool = default_google_proto_descriptor_pool
+    with contextlib.suppress(TypeError):  # already added by an earlier App in this process
+        pool.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
+    return ServerReflection.extend([*cri, health], pool=pool)
+
+
+async def serve(config: Config, setup: Callable[[App], None] | None = None) -> None:
+    """Run crirt until SIGTERM or SIGINT, then drain in-flight calls for the grace period and stop.
+
+    ``setup`` may adjust the app before it serves (used by tests to add handlers)."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    config.state.mkdir(parents=True, exist_ok=True)
+    socket_path = config.socket_path
+    await _prepare_socket(socket_path)
+    app = build_app(config)
+    if setup is not None:
+        setup(app)
+    await app.registry.probe_features()
+    serving = ServiceStatus()
+    serving.set(True)
+    server = Server(_services(app, serving), codec=PassThroughCodec())
+    old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
+    try:
+        await server.start(path=str(socket_path))
+    finally:
+        os.umask(old_umask)
+    os.chown(socket_path, 0, 0)
+    os.chmod(socket_path, 0o660)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
+             config.state)
+    try:
+        await stop.wait()
+        serving.set(False)
+        log.info("shutting down: draining %d in-flight call(s) for up to %.1fs", app.frontend.in_flight,
+                 config.shutdown_grace_period)
+        if not await app.frontend.drain(config.shutdown_grace_period):
+            log.warning("grace period over; cancelling %d call(s) still in flight", app.frontend.in_flight)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        await app.registry.close()
+        app.store.close()
+        log.info("crirt stopped")
+
+
+def run(config: Config, setup: Callable[[App], None] | None = None) -> None:
+    """Serve on uvloop when it is installed, else on the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, setup))
+    else:
+        uvloop.run(serve(config, setup))

@@ -1,0 +1,131 @@
+"""Handlers for the runtime-wide RPCs: Version, Status, RuntimeConfig and UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from crirt import __version__
+from crirt.bus import Bus, MetricsMiddleware
+from crirt.commands.runtime import (
+    RuntimeConfigCommand,
+    RuntimeConfigResult,
+    StatusCommand,
+    StatusResult,
+    UpdateRuntimeConfigCommand,
+    UpdateRuntimeConfigResult,
+    VersionCommand,
+    VersionResult,
+)
+from crirt.config import Config
+from crirt.model.base import Model
+from crirt.model.enums import CgroupDriver
+from crirt.model.runtime import (
+    LinuxRuntimeConfiguration,
+    RuntimeCondition,
+    RuntimeFeatures,
+    RuntimeHandler,
+    RuntimeHandlerFeatures,
+    RuntimeStatus,
+)
+from crirt.shim.registry import ShimRegistry
+from crirt.store import Store
+
+CRI_API_VERSION = "v1"
+KUBELET_API_VERSION = "0.1.0"  # the version string every CRI runtime answers in VersionResponse.version
+CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+
+
+class NodeSettings(Model):
+    """What the kubelet told crirt about the node (persisted across restarts)."""
+
+    pod_cidr: str = ""
+
+
+def cni_config_files(conf_dir: Path) -> list[Path]:
+    """The CNI network config files in ``conf_dir``, in the order CNI users pick them (by name)."""
+    try:
+        return sorted(p for p in conf_dir.iterdir() if p.suffix in CNI_CONFIG_SUFFIXES and p.is_file())
+    except OSError:
+        return []
+
+
+@dataclass
+class RuntimeInfo:
+    """Answers the runtime-wide RPCs from the config, the shim registry and the node settings."""
+
+    config: Config
+    registry: ShimRegistry
+    metrics: MetricsMiddleware
+    store: Store
+
+    def register(self, bus: Bus) -> None:
+        bus.register(VersionCommand, self.version)
+        bus.register(StatusCommand, self.status)
+        bus.register(RuntimeConfigCommand, self.runtime_config)
+        bus.register(UpdateRuntimeConfigCommand, self.update_runtime_config)
+
+    @property
+    def _node(self) -> NodeSettings:
+        return self.store.table("node", NodeSettings).get("settings") or NodeSettings()
+
+    async def version(self, command: VersionCommand) -> VersionResult:
+        return VersionResult(version=KUBELET_API_VERSION, runtime_name="crirt", runtime_version=__version__,
+                             runtime_api_version=CRI_API_VERSION)
+
+    async def status(self, command: StatusCommand) -> StatusResult:
+        conditions = [self._runtime_condition(), self._network_condition()]
+        if self.registry.problems:
+            conditions.append(RuntimeCondition(type="ShimPluginsReady", status=False, reason="ShimPluginError",
+                                               message="; ".join(self.registry.problems)))
+        handlers = [
+            RuntimeHandler(name=name, features=RuntimeHandlerFeatures(
+                recursive_read_only_mounts=h.features.recursive_read_only_mounts,
+                user_namespaces=h.features.user_namespaces))
+            for name, h in [("", self.registry.handlers.get(self.registry.default)), *self.registry.handlers.items()]
+            if h is not None
+        ]
+        info = self._verbose_info() if command.verbose else {}
+        return StatusResult(status=RuntimeStatus(conditions=conditions), info=info, runtime_handlers=handlers,
+                            features=RuntimeFeatures())
+
+    def _runtime_condition(self) -> RuntimeCondition:
+        if self.registry.default_ready():
+            return RuntimeCondition(type="RuntimeReady", status=True)
+        handler = self.registry.handlers.get(self.registry.default)
+        reason = handler.problem if handler else f"default runtime {self.registry.default!r} is not configured"
+        return RuntimeCondition(type="RuntimeReady", status=False, reason="DefaultRuntimeUnavailable",
+                                message=f"default runtime handler {self.registry.default!r}: {reason}")
+
+    def _network_condition(self) -> RuntimeCondition:
+        conf_dir = self.config.cni.conf_dir
+        if cni_config_files(conf_dir):
+            return RuntimeCondition(type="NetworkReady", status=True)
+        return RuntimeCondition(type="NetworkReady", status=False, reason="NetworkPluginNotReady",
+                                message=f"no CNI network config (*.conf, *.conflist, *.json) in {conf_dir}")
+
+    def _verbose_info(self) -> dict[str, str]:
+        handlers = {
+            name: {"shim": h.plugin, "ready": h.shim is not None and not h.problem, "problem": h.problem,
+                   "features": h.features.model_dump()}
+            for name, h in self.registry.handlers.items()
+        }
+        return {
+            "config": self.config.model_dump_json(),
+            "handlerStatus": json.dumps(handlers),
+            "defaultRuntime": json.dumps(self.registry.default),
+            "cniConfigFiles": json.dumps([str(p) for p in cni_config_files(self.config.cni.conf_dir)]),
+            "podCIDR": json.dumps(self._node.pod_cidr),
+            "rpcMetrics": json.dumps(self.metrics.snapshot()),
+        }
+
+    async def runtime_config(self, command: RuntimeConfigCommand) -> RuntimeConfigResult:
+        driver = CgroupDriver.SYSTEMD if self.config.cgroup_driver == "systemd" else CgroupDriver.CGROUPFS
+        return RuntimeConfigResult(linux=LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    async def update_runtime_config(self, command: UpdateRuntimeConfigCommand) -> UpdateRuntimeConfigResult:
+        network = command.runtime_config.network_config if command.runtime_config else None
+        if network is not None and network.pod_cidr:
+            self.store.table("node", NodeSettings).put("settings", NodeSettings(pod_cidr=network.pod_cidr))
+        return UpdateRuntimeConfigResult()
