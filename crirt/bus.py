@@ -68,7 +68,7 @@ class _KeyedLocks:
         return len(self._locks)
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscription:
     """A bounded queue of events for one reader; iterate it to receive events in publish order."""
 

@@ -71,6 +71,12 @@ class Config(BaseSettings):
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     cni: CniConfig = Field(default_factory=CniConfig)
 
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _keep_default_runc(cls, value: Any) -> Any:
+        # Like containerd, a config that adds handlers keeps the built-in runc one unless it redefines it.
+        return {"runc": {"shim": "runc"}, **value} if isinstance(value, dict) else value
+
     @field_validator("address")
     @classmethod
     def _unix_address(cls, value: str) -> str:

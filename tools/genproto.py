@@ -22,6 +22,7 @@ def generate(out_dir: Path) -> None:
     """Run protoc with the betterproto2 plugin into out_dir (which must be empty or absent)."""
     bindir = Path(sys.executable).parent
     plugin = bindir / "protoc-gen-python_betterproto2"
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     env_path = f"{bindir}:{Path('/usr/bin')}:{Path('/bin')}"  # the plugin formats with ruff from the venv
     subprocess.run(
@@ -31,10 +32,10 @@ def generate(out_dir: Path) -> None:
             f"--plugin=protoc-gen-python_betterproto2={plugin}",
             f"--python_betterproto2_out={out_dir}",
             f"--python_betterproto2_opt={PLUGIN_OPTIONS}",
-            *PROTO_FILES,
+            *(str(PROTO_DIR / name) for name in PROTO_FILES),
         ],
         check=True,
-        cwd=ROOT,
+        cwd=out_dir,  # the plugin formats with ruff: keep the project's ruff settings out of it
         env={"PATH": env_path},
         stdout=subprocess.DEVNULL,
     )

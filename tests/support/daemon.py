@@ -46,7 +46,7 @@ def write_config(path: Path, base: Path, extra: str = "") -> Path:
     (base / "cni").mkdir(parents=True, exist_ok=True)
     path.write_text(
         f'address = "unix://{base}/crirt.sock"\nroot = "{base}/root"\nstate = "{base}/state"\n'
-        f'log_level = "debug"\nshutdown_grace_period = 5.0\n{extra}\n[cni]\nconf_dir = "{base}/cni"\n'
+        f'log_level = "debug"\n{extra}\n[cni]\nconf_dir = "{base}/cni"\n'
     )
     return path
 

@@ -384,7 +384,9 @@ class SecurityProfileProfileType(betterproto2.Enum):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> EnumDescriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.enum_types_by_name["SecurityProfile.ProfileType"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.enum_types_by_name[
+            "SecurityProfile.ProfileType"
+        ]
 
     RuntimeDefault = 0
     """
@@ -553,7 +555,9 @@ class SupplementalGroupsPolicy(betterproto2.Enum):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> EnumDescriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.enum_types_by_name["SupplementalGroupsPolicy"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.enum_types_by_name[
+            "SupplementalGroupsPolicy"
+        ]
 
     Merge = 0
     """
@@ -663,17 +667,23 @@ class Capability(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["Capability"]
 
-    add_capabilities: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    add_capabilities: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Capabilities to add (to every set except ambient).
     """
 
-    drop_capabilities: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    drop_capabilities: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Capabilities to remove from every set.
     """
 
-    add_ambient_capabilities: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    add_ambient_capabilities: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Capabilities to add to every set including ambient.
     """
@@ -711,7 +721,9 @@ class CheckpointContainerRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["CheckpointContainerRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "CheckpointContainerRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -726,7 +738,9 @@ class CheckpointContainerRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "CheckpointContainerRequest", CheckpointContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "CheckpointContainerRequest", CheckpointContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -738,7 +752,9 @@ class CheckpointContainerResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["CheckpointContainerResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "CheckpointContainerResponse"
+        ]
 
     pass
 
@@ -763,9 +779,13 @@ class Container(betterproto2.Message):
 
     pod_sandbox_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    metadata: "ContainerMetadata | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "ContainerMetadata | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    image: "ImageSpec | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     image_ref: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
@@ -784,13 +804,17 @@ class Container(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         8,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     image_id: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
@@ -811,26 +835,36 @@ class ContainerAttributes(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerAttributes"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerAttributes"
+        ]
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metadata: "ContainerMetadata | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "ContainerMetadata | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerAttributes", ContainerAttributes)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerAttributes", ContainerAttributes
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -844,11 +878,17 @@ class ContainerConfig(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerConfig"]
 
-    metadata: "ContainerMetadata | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "ContainerMetadata | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    image: "ImageSpec | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    command: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    command: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Entrypoint override (like Docker ENTRYPOINT).
     """
@@ -860,22 +900,32 @@ class ContainerConfig(betterproto2.Message):
 
     working_dir: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
-    envs: "list[KeyValue]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    envs: "list[KeyValue]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    mounts: "list[Mount]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    mounts: "list[Mount]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    devices: "list[Device]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    devices: "list[Device]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         10,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Opaque kubelet metadata; must be stored unchanged and echoed back in status.
@@ -901,18 +951,24 @@ class ContainerConfig(betterproto2.Message):
     Allocate a TTY.
     """
 
-    linux: "LinuxContainerConfig | None" = betterproto2.field(15, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxContainerConfig | None" = betterproto2.field(
+        15, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     windows: "WindowsContainerConfig | None" = betterproto2.field(
         16, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    CDI_devices: "list[CdiDevice]" = betterproto2.field(17, betterproto2.TYPE_MESSAGE, repeated=True)
+    CDI_devices: "list[CdiDevice]" = betterproto2.field(
+        17, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     CDI devices to inject.
     """
 
-    stop_signal: "Signal" = betterproto2.field(18, betterproto2.TYPE_ENUM, default_factory=lambda: Signal(0))
+    stop_signal: "Signal" = betterproto2.field(
+        18, betterproto2.TYPE_ENUM, default_factory=lambda: Signal(0)
+    )
     """
     Signal used to stop the container; RUNTIME_DEFAULT lets the image/runtime decide.
     """
@@ -930,7 +986,9 @@ class ContainerEventResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerEventResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerEventResponse"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -958,7 +1016,9 @@ class ContainerEventResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "ContainerEventResponse", ContainerEventResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerEventResponse", ContainerEventResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -974,14 +1034,18 @@ class ContainerFilter(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    state: "ContainerStateValue | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    state: "ContainerStateValue | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     pod_sandbox_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
     label_selector: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exact-match labels (all must match).
@@ -1000,7 +1064,9 @@ class ContainerMetadata(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerMetadata"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerMetadata"
+        ]
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -1013,7 +1079,9 @@ class ContainerMetadata(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "ContainerMetadata", ContainerMetadata)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerMetadata", ContainerMetadata
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1029,10 +1097,14 @@ class ContainerMetrics(betterproto2.Message):
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metrics: "list[Metric]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    metrics: "list[Metric]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerMetrics", ContainerMetrics)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerMetrics", ContainerMetrics
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1044,16 +1116,22 @@ class ContainerResources(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerResources"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerResources"
+        ]
 
-    linux: "LinuxContainerResources | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxContainerResources | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     windows: "WindowsContainerResources | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerResources", ContainerResources)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerResources", ContainerResources
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1065,14 +1143,18 @@ class ContainerStateValue(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStateValue"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStateValue"
+        ]
 
     state: "ContainerState" = betterproto2.field(
         1, betterproto2.TYPE_ENUM, default_factory=lambda: ContainerState(0)
     )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStateValue", ContainerStateValue)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStateValue", ContainerStateValue
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1086,20 +1168,32 @@ class ContainerStats(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStats"]
 
-    attributes: "ContainerAttributes | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    attributes: "ContainerAttributes | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    cpu: "CpuUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "CpuUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "MemoryUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "MemoryUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    writable_layer: "FilesystemUsage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    writable_layer: "FilesystemUsage | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Usage of the container's writable layer.
     """
 
-    swap: "SwapUsage | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    swap: "SwapUsage | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    io: "IoUsage | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    io: "IoUsage | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ContainerStats", ContainerStats)
@@ -1114,7 +1208,9 @@ class ContainerStatsFilter(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStatsFilter"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStatsFilter"
+        ]
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1123,14 +1219,18 @@ class ContainerStatsFilter(betterproto2.Message):
     label_selector: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exact-match labels (all must match).
     """
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatsFilter", ContainerStatsFilter)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatsFilter", ContainerStatsFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1142,12 +1242,16 @@ class ContainerStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStatsRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatsRequest", ContainerStatsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatsRequest", ContainerStatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1159,12 +1263,18 @@ class ContainerStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStatsResponse"
+        ]
 
-    stats: "ContainerStats | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    stats: "ContainerStats | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatsResponse", ContainerStatsResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatsResponse", ContainerStatsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1180,7 +1290,9 @@ class ContainerStatus(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metadata: "ContainerMetadata | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "ContainerMetadata | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     state: "ContainerState" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: ContainerState(0)
@@ -1206,7 +1318,9 @@ class ContainerStatus(betterproto2.Message):
     Meaningful only once the container has exited.
     """
 
-    image: "ImageSpec | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     image_ref: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
     """
@@ -1226,26 +1340,34 @@ class ContainerStatus(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         12,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         13,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exactly the annotations from the ContainerConfig.
     """
 
-    mounts: "list[Mount]" = betterproto2.field(14, betterproto2.TYPE_MESSAGE, repeated=True)
+    mounts: "list[Mount]" = betterproto2.field(
+        14, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     log_path: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
     """
     Path of the container's log file.
     """
 
-    resources: "ContainerResources | None" = betterproto2.field(16, betterproto2.TYPE_MESSAGE, optional=True)
+    resources: "ContainerResources | None" = betterproto2.field(
+        16, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Resource limits currently in effect.
     """
@@ -1255,12 +1377,16 @@ class ContainerStatus(betterproto2.Message):
     ID of the image the container runs.
     """
 
-    user: "ContainerUser | None" = betterproto2.field(18, betterproto2.TYPE_MESSAGE, optional=True)
+    user: "ContainerUser | None" = betterproto2.field(
+        18, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Identity the first process was started with.
     """
 
-    stop_signal: "Signal" = betterproto2.field(19, betterproto2.TYPE_ENUM, default_factory=lambda: Signal(0))
+    stop_signal: "Signal" = betterproto2.field(
+        19, betterproto2.TYPE_ENUM, default_factory=lambda: Signal(0)
+    )
     """
     Signal that will be used to stop the container.
     """
@@ -1278,7 +1404,9 @@ class ContainerStatusRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStatusRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStatusRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1288,7 +1416,9 @@ class ContainerStatusRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatusRequest", ContainerStatusRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatusRequest", ContainerStatusRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1300,21 +1430,29 @@ class ContainerStatusResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerStatusResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ContainerStatusResponse"
+        ]
 
-    status: "ContainerStatus | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "ContainerStatus | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Free-form debug data, filled only when verbose was requested.
     """
 
 
-default_message_pool.register_message("runtime.v1", "ContainerStatusResponse", ContainerStatusResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ContainerStatusResponse", ContainerStatusResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1328,7 +1466,9 @@ class ContainerUser(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ContainerUser"]
 
-    linux: "LinuxContainerUser | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxContainerUser | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ContainerUser", ContainerUser)
@@ -1357,12 +1497,16 @@ class CpuUsage(betterproto2.Message):
     Cumulative CPU time over all cores, nanoseconds.
     """
 
-    usage_nano_cores: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    usage_nano_cores: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Recent average rate, in nanoseconds of CPU time per second (1e9 = one full core).
     """
 
-    psi: "PsiStats | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "CpuUsage", CpuUsage)
@@ -1377,14 +1521,18 @@ class CreateContainerRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["CreateContainerRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "CreateContainerRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
     Sandbox to create the container in.
     """
 
-    config: "ContainerConfig | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    config: "ContainerConfig | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     sandbox_config: "PodSandboxConfig | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -1394,7 +1542,9 @@ class CreateContainerRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "CreateContainerRequest", CreateContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "CreateContainerRequest", CreateContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1406,7 +1556,9 @@ class CreateContainerResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["CreateContainerResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "CreateContainerResponse"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -1414,7 +1566,9 @@ class CreateContainerResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "CreateContainerResponse", CreateContainerResponse)
+default_message_pool.register_message(
+    "runtime.v1", "CreateContainerResponse", CreateContainerResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1452,17 +1606,23 @@ class DnsConfig(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["DNSConfig"]
 
-    servers: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    servers: "list[str]" = betterproto2.field(
+        1, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Nameserver addresses.
     """
 
-    searches: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    searches: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Search domains.
     """
 
-    options: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    options: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     resolv.conf "options" entries, e.g. "ndots:5".
     """
@@ -1567,7 +1727,9 @@ class ExecSyncResponse(betterproto2.Message):
     exit_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
 
 
-default_message_pool.register_message("runtime.v1", "ExecSyncResponse", ExecSyncResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ExecSyncResponse", ExecSyncResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1579,7 +1741,9 @@ class FilesystemIdentifier(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["FilesystemIdentifier"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "FilesystemIdentifier"
+        ]
 
     mountpoint: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -1587,7 +1751,9 @@ class FilesystemIdentifier(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "FilesystemIdentifier", FilesystemIdentifier)
+default_message_pool.register_message(
+    "runtime.v1", "FilesystemIdentifier", FilesystemIdentifier
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1606,14 +1772,20 @@ class FilesystemUsage(betterproto2.Message):
     Sample time, Unix nanoseconds.
     """
 
-    fs_id: "FilesystemIdentifier | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    fs_id: "FilesystemIdentifier | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    used_bytes: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    used_bytes: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Bytes used by images/layers, not by the whole filesystem.
     """
 
-    inodes_used: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    inodes_used: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Inodes used by images/layers, not by the whole filesystem.
     """
@@ -1636,7 +1808,9 @@ class GetEventsRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("runtime.v1", "GetEventsRequest", GetEventsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "GetEventsRequest", GetEventsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1704,12 +1878,16 @@ class Image(betterproto2.Message):
     Node-unique image ID; equals PullImageResponse.image_ref for the same image.
     """
 
-    repo_tags: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    repo_tags: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Names (repo:tag) that refer to this image.
     """
 
-    repo_digests: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    repo_digests: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Names (repo@digest) that refer to this image.
     """
@@ -1719,7 +1897,9 @@ class Image(betterproto2.Message):
     Bytes; always > 0.
     """
 
-    uid: "Int64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    uid: "Int64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Default UID from the image config (used when the container sets no user);
     exclusive with username.
@@ -1730,7 +1910,9 @@ class Image(betterproto2.Message):
     Default user name from the image config, used when uid is unset.
     """
 
-    spec: "ImageSpec | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    spec: "ImageSpec | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Spec with annotations as stored for this image.
     """
@@ -1756,7 +1938,9 @@ class ImageFilter(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ImageFilter"]
 
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ImageFilter", ImageFilter)
@@ -1771,12 +1955,16 @@ class ImageFsInfoRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ImageFsInfoRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ImageFsInfoRequest"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "ImageFsInfoRequest", ImageFsInfoRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ImageFsInfoRequest", ImageFsInfoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1788,7 +1976,9 @@ class ImageFsInfoResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ImageFsInfoResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ImageFsInfoResponse"
+        ]
 
     image_filesystems: "list[FilesystemUsage]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
@@ -1802,7 +1992,9 @@ class ImageFsInfoResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "ImageFsInfoResponse", ImageFsInfoResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ImageFsInfoResponse", ImageFsInfoResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1824,7 +2016,9 @@ class ImageSpec(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Opaque hints, e.g. to pick a platform in a multi-arch index.
@@ -1858,9 +2052,13 @@ class ImageStatusRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ImageStatusRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ImageStatusRequest"
+        ]
 
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     verbose: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
@@ -1868,7 +2066,9 @@ class ImageStatusRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "ImageStatusRequest", ImageStatusRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ImageStatusRequest", ImageStatusRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1880,9 +2080,13 @@ class ImageStatusResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ImageStatusResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ImageStatusResponse"
+        ]
 
-    image: "Image | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "Image | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Left unset if the node does not have this image.
     """
@@ -1890,14 +2094,18 @@ class ImageStatusResponse(betterproto2.Message):
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Free-form debug data, filled only when verbose was requested.
     """
 
 
-default_message_pool.register_message("runtime.v1", "ImageStatusResponse", ImageStatusResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ImageStatusResponse", ImageStatusResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1933,7 +2141,9 @@ class IoUsage(betterproto2.Message):
     Sample time, Unix nanoseconds.
     """
 
-    psi: "PsiStats | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "IoUsage", IoUsage)
@@ -1967,7 +2177,9 @@ class LinuxContainerConfig(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxContainerConfig"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxContainerConfig"
+        ]
 
     resources: "LinuxContainerResources | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
@@ -1978,7 +2190,9 @@ class LinuxContainerConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxContainerConfig", LinuxContainerConfig)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxContainerConfig", LinuxContainerConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1990,7 +2204,9 @@ class LinuxContainerResources(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxContainerResources"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxContainerResources"
+        ]
 
     cpu_period: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
@@ -2021,7 +2237,9 @@ class LinuxContainerResources(betterproto2.Message):
     Allowed memory nodes in cpuset list syntax.
     """
 
-    hugepage_limits: "list[HugepageLimit]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
+    hugepage_limits: "list[HugepageLimit]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     HugeTLB limits, one per page size.
     """
@@ -2029,7 +2247,9 @@ class LinuxContainerResources(betterproto2.Message):
     unified: "dict[str, str]" = betterproto2.field(
         9,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Raw cgroup v2 files to write, e.g. {"memory.high": "1G"}.
@@ -2038,7 +2258,9 @@ class LinuxContainerResources(betterproto2.Message):
     memory_swap_limit_in_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_INT64)
 
 
-default_message_pool.register_message("runtime.v1", "LinuxContainerResources", LinuxContainerResources)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxContainerResources", LinuxContainerResources
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2050,9 +2272,13 @@ class LinuxContainerSecurityContext(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxContainerSecurityContext"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxContainerSecurityContext"
+        ]
 
-    capabilities: "Capability | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    capabilities: "Capability | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     privileged: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
@@ -2064,14 +2290,20 @@ class LinuxContainerSecurityContext(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    selinux_options: "SeLinuxOption | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    selinux_options: "SeLinuxOption | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    run_as_user: "Int64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    run_as_user: "Int64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Mutually exclusive with run_as_username.
     """
 
-    run_as_group: "Int64Value | None" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, optional=True)
+    run_as_group: "Int64Value | None" = betterproto2.field(
+        12, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Only valid together with run_as_user or run_as_username.
     """
@@ -2083,7 +2315,9 @@ class LinuxContainerSecurityContext(betterproto2.Message):
 
     readonly_rootfs: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
 
-    supplemental_groups: "list[int]" = betterproto2.field(8, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        8, betterproto2.TYPE_INT64, repeated=True
+    )
     """
     Extra GIDs for the container's first process.
     """
@@ -2100,19 +2334,27 @@ class LinuxContainerSecurityContext(betterproto2.Message):
     Set the no_new_privs process flag.
     """
 
-    masked_paths: "list[str]" = betterproto2.field(13, betterproto2.TYPE_STRING, repeated=True)
+    masked_paths: "list[str]" = betterproto2.field(
+        13, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Paths to hide (passed to the OCI spec as-is).
     """
 
-    readonly_paths: "list[str]" = betterproto2.field(14, betterproto2.TYPE_STRING, repeated=True)
+    readonly_paths: "list[str]" = betterproto2.field(
+        14, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Paths to make read-only (passed to the OCI spec as-is).
     """
 
-    seccomp: "SecurityProfile | None" = betterproto2.field(15, betterproto2.TYPE_MESSAGE, optional=True)
+    seccomp: "SecurityProfile | None" = betterproto2.field(
+        15, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    apparmor: "SecurityProfile | None" = betterproto2.field(16, betterproto2.TYPE_MESSAGE, optional=True)
+    apparmor: "SecurityProfile | None" = betterproto2.field(
+        16, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     apparmor_profile: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
     """
@@ -2129,10 +2371,14 @@ class LinuxContainerSecurityContext(betterproto2.Message):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("apparmor_profile"):
-            warnings.warn("LinuxContainerSecurityContext.apparmor_profile is deprecated", DeprecationWarning)
+            warnings.warn(
+                "LinuxContainerSecurityContext.apparmor_profile is deprecated",
+                DeprecationWarning,
+            )
         if self.is_set("seccomp_profile_path"):
             warnings.warn(
-                "LinuxContainerSecurityContext.seccomp_profile_path is deprecated", DeprecationWarning
+                "LinuxContainerSecurityContext.seccomp_profile_path is deprecated",
+                DeprecationWarning,
             )
 
 
@@ -2150,19 +2396,25 @@ class LinuxContainerUser(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxContainerUser"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxContainerUser"
+        ]
 
     uid: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
     gid: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
 
-    supplemental_groups: "list[int]" = betterproto2.field(3, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        3, betterproto2.TYPE_INT64, repeated=True
+    )
     """
     Supplementary GIDs actually applied.
     """
 
 
-default_message_pool.register_message("runtime.v1", "LinuxContainerUser", LinuxContainerUser)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxContainerUser", LinuxContainerUser
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2174,7 +2426,9 @@ class LinuxPodSandboxConfig(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxPodSandboxConfig"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxPodSandboxConfig"
+        ]
 
     cgroup_parent: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -2189,7 +2443,9 @@ class LinuxPodSandboxConfig(betterproto2.Message):
     sysctls: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     overhead: "LinuxContainerResources | None" = betterproto2.field(
@@ -2207,7 +2463,9 @@ class LinuxPodSandboxConfig(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxConfig", LinuxPodSandboxConfig)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxConfig", LinuxPodSandboxConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2219,25 +2477,41 @@ class LinuxPodSandboxStats(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxPodSandboxStats"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxPodSandboxStats"
+        ]
 
-    cpu: "CpuUsage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "CpuUsage | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "MemoryUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "MemoryUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    network: "NetworkUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    network: "NetworkUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    process: "ProcessUsage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    process: "ProcessUsage | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    containers: "list[ContainerStats]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[ContainerStats]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     Per-container usage for the sandbox's containers.
     """
 
-    io: "IoUsage | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    io: "IoUsage | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxStats", LinuxPodSandboxStats)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxStats", LinuxPodSandboxStats
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2249,12 +2523,18 @@ class LinuxPodSandboxStatus(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxPodSandboxStatus"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxPodSandboxStatus"
+        ]
 
-    namespaces: "Namespace | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    namespaces: "Namespace | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "LinuxPodSandboxStatus", LinuxPodSandboxStatus)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxPodSandboxStatus", LinuxPodSandboxStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2266,7 +2546,9 @@ class LinuxRuntimeConfiguration(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxRuntimeConfiguration"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxRuntimeConfiguration"
+        ]
 
     cgroup_driver: "CgroupDriver" = betterproto2.field(
         1, betterproto2.TYPE_ENUM, default_factory=lambda: CgroupDriver(0)
@@ -2276,7 +2558,9 @@ class LinuxRuntimeConfiguration(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "LinuxRuntimeConfiguration", LinuxRuntimeConfiguration)
+default_message_pool.register_message(
+    "runtime.v1", "LinuxRuntimeConfiguration", LinuxRuntimeConfiguration
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2288,24 +2572,34 @@ class LinuxSandboxSecurityContext(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["LinuxSandboxSecurityContext"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "LinuxSandboxSecurityContext"
+        ]
 
     namespace_options: "NamespaceOption | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    selinux_options: "SeLinuxOption | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    selinux_options: "SeLinuxOption | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    run_as_user: "Int64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    run_as_user: "Int64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    run_as_group: "Int64Value | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    run_as_group: "Int64Value | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Only valid together with run_as_user.
     """
 
     readonly_rootfs: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
-    supplemental_groups: "list[int]" = betterproto2.field(5, betterproto2.TYPE_INT64, repeated=True)
+    supplemental_groups: "list[int]" = betterproto2.field(
+        5, betterproto2.TYPE_INT64, repeated=True
+    )
     """
     Extra GIDs for the first process of each container.
     """
@@ -2322,9 +2616,13 @@ class LinuxSandboxSecurityContext(betterproto2.Message):
     Must be true if any container in the sandbox will be privileged.
     """
 
-    seccomp: "SecurityProfile | None" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True)
+    seccomp: "SecurityProfile | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    apparmor: "SecurityProfile | None" = betterproto2.field(10, betterproto2.TYPE_MESSAGE, optional=True)
+    apparmor: "SecurityProfile | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     seccomp_profile_path: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
@@ -2336,7 +2634,8 @@ class LinuxSandboxSecurityContext(betterproto2.Message):
         super().__post_init__()
         if self.is_set("seccomp_profile_path"):
             warnings.warn(
-                "LinuxSandboxSecurityContext.seccomp_profile_path is deprecated", DeprecationWarning
+                "LinuxSandboxSecurityContext.seccomp_profile_path is deprecated",
+                DeprecationWarning,
             )
 
 
@@ -2354,12 +2653,18 @@ class ListContainersRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListContainersRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListContainersRequest"
+        ]
 
-    filter: "ContainerFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ContainerFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListContainersRequest", ListContainersRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListContainersRequest", ListContainersRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2371,12 +2676,18 @@ class ListContainersResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListContainersResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListContainersResponse"
+        ]
 
-    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[Container]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListContainersResponse", ListContainersResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ListContainersResponse", ListContainersResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2388,12 +2699,18 @@ class ListContainerStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListContainerStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListContainerStatsRequest"
+        ]
 
-    filter: "ContainerStatsFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ContainerStatsFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListContainerStatsRequest", ListContainerStatsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListContainerStatsRequest", ListContainerStatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2405,12 +2722,18 @@ class ListContainerStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListContainerStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListContainerStatsResponse"
+        ]
 
-    stats: "list[ContainerStats]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    stats: "list[ContainerStats]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListContainerStatsResponse", ListContainerStatsResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ListContainerStatsResponse", ListContainerStatsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2422,12 +2745,18 @@ class ListImagesRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListImagesRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListImagesRequest"
+        ]
 
-    filter: "ImageFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ImageFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListImagesRequest", ListImagesRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListImagesRequest", ListImagesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2439,12 +2768,18 @@ class ListImagesResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListImagesResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListImagesResponse"
+        ]
 
-    images: "list[Image]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    images: "list[Image]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListImagesResponse", ListImagesResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ListImagesResponse", ListImagesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2456,7 +2791,9 @@ class ListMetricDescriptorsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListMetricDescriptorsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListMetricDescriptorsRequest"
+        ]
 
     pass
 
@@ -2475,9 +2812,13 @@ class ListMetricDescriptorsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListMetricDescriptorsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListMetricDescriptorsResponse"
+        ]
 
-    descriptors: "list[MetricDescriptor]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    descriptors: "list[MetricDescriptor]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -2494,7 +2835,9 @@ class ListPodSandboxMetricsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxMetricsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxMetricsRequest"
+        ]
 
     pass
 
@@ -2513,9 +2856,13 @@ class ListPodSandboxMetricsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxMetricsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxMetricsResponse"
+        ]
 
-    pod_metrics: "list[PodSandboxMetrics]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    pod_metrics: "list[PodSandboxMetrics]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -2532,12 +2879,18 @@ class ListPodSandboxRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxRequest"
+        ]
 
-    filter: "PodSandboxFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "PodSandboxFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListPodSandboxRequest", ListPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListPodSandboxRequest", ListPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2549,12 +2902,18 @@ class ListPodSandboxResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxResponse"
+        ]
 
-    items: "list[PodSandbox]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    items: "list[PodSandbox]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListPodSandboxResponse", ListPodSandboxResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ListPodSandboxResponse", ListPodSandboxResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2566,12 +2925,18 @@ class ListPodSandboxStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxStatsRequest"
+        ]
 
-    filter: "PodSandboxStatsFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "PodSandboxStatsFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "ListPodSandboxStatsRequest", ListPodSandboxStatsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ListPodSandboxStatsRequest", ListPodSandboxStatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2583,9 +2948,13 @@ class ListPodSandboxStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ListPodSandboxStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListPodSandboxStatsResponse"
+        ]
 
-    stats: "list[PodSandboxStats]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    stats: "list[PodSandboxStats]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -2609,34 +2978,48 @@ class MemoryUsage(betterproto2.Message):
     Sample time, Unix nanoseconds.
     """
 
-    working_set_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    working_set_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    available_bytes: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    available_bytes: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Limit minus working set.
     """
 
-    usage_bytes: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    usage_bytes: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     All memory charged, including inactive page cache.
     """
 
-    rss_bytes: "UInt64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    rss_bytes: "UInt64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Anonymous memory plus swap cache (includes THP).
     """
 
-    page_faults: "UInt64Value | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    page_faults: "UInt64Value | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Cumulative minor faults.
     """
 
-    major_page_faults: "UInt64Value | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    major_page_faults: "UInt64Value | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Cumulative major faults.
     """
 
-    psi: "PsiStats | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    psi: "PsiStats | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "MemoryUsage", MemoryUsage)
@@ -2667,12 +3050,16 @@ class Metric(betterproto2.Message):
         3, betterproto2.TYPE_ENUM, default_factory=lambda: MetricType(0)
     )
 
-    label_values: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    label_values: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Values for the descriptor's label_keys, same order.
     """
 
-    value: "UInt64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    value: "UInt64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "Metric", Metric)
@@ -2699,13 +3086,17 @@ class MetricDescriptor(betterproto2.Message):
     Help text.
     """
 
-    label_keys: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    label_keys: "list[str]" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     Label names, in the order of Metric.label_values.
     """
 
 
-default_message_pool.register_message("runtime.v1", "MetricDescriptor", MetricDescriptor)
+default_message_pool.register_message(
+    "runtime.v1", "MetricDescriptor", MetricDescriptor
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2738,12 +3129,16 @@ class Mount(betterproto2.Message):
         5, betterproto2.TYPE_ENUM, default_factory=lambda: MountPropagation(0)
     )
 
-    uid_mappings: "list[IdMapping]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+    uid_mappings: "list[IdMapping]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     ID-mapped mount: UID ranges to apply to this mount.
     """
 
-    gid_mappings: "list[IdMapping]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    gid_mappings: "list[IdMapping]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     ID-mapped mount: GID ranges to apply to this mount.
     """
@@ -2754,7 +3149,9 @@ class Mount(betterproto2.Message):
     PROPAGATION_PRIVATE.
     """
 
-    image: "ImageSpec | None" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Mount an image's content (read-only) instead of a host path; the kubelet sets
     image to the pulled image_ref.
@@ -2781,7 +3178,9 @@ class Namespace(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["Namespace"]
 
-    options: "NamespaceOption | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    options: "NamespaceOption | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "Namespace", Namespace)
@@ -2819,7 +3218,9 @@ class NamespaceOption(betterproto2.Message):
     Container whose namespaces are joined when a mode is TARGET.
     """
 
-    userns_options: "UserNamespace | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    userns_options: "UserNamespace | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     User namespace settings; when unset, treat as POD mode.
     """
@@ -2857,20 +3258,32 @@ class NetworkInterfaceUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["NetworkInterfaceUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "NetworkInterfaceUsage"
+        ]
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    rx_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    rx_errors: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_errors: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    tx_bytes: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_bytes: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    tx_errors: "UInt64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_errors: "UInt64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "NetworkInterfaceUsage", NetworkInterfaceUsage)
+default_message_pool.register_message(
+    "runtime.v1", "NetworkInterfaceUsage", NetworkInterfaceUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2940,7 +3353,9 @@ class PodSandbox(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metadata: "PodSandboxMetadata | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "PodSandboxMetadata | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     state: "PodSandboxState" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: PodSandboxState(0)
@@ -2954,13 +3369,17 @@ class PodSandbox(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     runtime_handler: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
@@ -2978,26 +3397,36 @@ class PodSandboxAttributes(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxAttributes"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxAttributes"
+        ]
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metadata: "PodSandboxMetadata | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "PodSandboxMetadata | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxAttributes", PodSandboxAttributes)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxAttributes", PodSandboxAttributes
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3011,7 +3440,9 @@ class PodSandboxConfig(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxConfig"]
 
-    metadata: "PodSandboxMetadata | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "PodSandboxMetadata | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     hostname: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
@@ -3024,33 +3455,45 @@ class PodSandboxConfig(betterproto2.Message):
     resolved.
     """
 
-    dns_config: "DnsConfig | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    dns_config: "DnsConfig | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    port_mappings: "list[PortMapping]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+    port_mappings: "list[PortMapping]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         6,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Opaque kubelet metadata; must be stored unchanged and echoed back in status.
     """
 
-    linux: "LinuxPodSandboxConfig | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxPodSandboxConfig | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     windows: "WindowsPodSandboxConfig | None" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxConfig", PodSandboxConfig)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxConfig", PodSandboxConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3066,19 +3509,25 @@ class PodSandboxFilter(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    state: "PodSandboxStateValue | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    state: "PodSandboxStateValue | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     label_selector: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exact-match labels (all must match).
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxFilter", PodSandboxFilter)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxFilter", PodSandboxFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3090,7 +3539,9 @@ class PodSandboxMetadata(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxMetadata"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxMetadata"
+        ]
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -3104,7 +3555,9 @@ class PodSandboxMetadata(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxMetadata", PodSandboxMetadata)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxMetadata", PodSandboxMetadata
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3116,18 +3569,24 @@ class PodSandboxMetrics(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxMetrics"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxMetrics"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metrics: "list[Metric]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    metrics: "list[Metric]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     container_metrics: "list[ContainerMetrics]" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxMetrics", PodSandboxMetrics)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxMetrics", PodSandboxMetrics
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3139,20 +3598,26 @@ class PodSandboxNetworkStatus(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxNetworkStatus"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxNetworkStatus"
+        ]
 
     ip: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
     Primary IP.
     """
 
-    additional_ips: "list[PodIp]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    additional_ips: "list[PodIp]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     Further IPs, excluding the primary one (e.g. the other family in dual-stack).
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxNetworkStatus", PodSandboxNetworkStatus)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxNetworkStatus", PodSandboxNetworkStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3164,14 +3629,18 @@ class PodSandboxStateValue(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStateValue"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStateValue"
+        ]
 
     state: "PodSandboxState" = betterproto2.field(
         1, betterproto2.TYPE_ENUM, default_factory=lambda: PodSandboxState(0)
     )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStateValue", PodSandboxStateValue)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStateValue", PodSandboxStateValue
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3189,9 +3658,13 @@ class PodSandboxStats(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    linux: "LinuxPodSandboxStats | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxPodSandboxStats | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    windows: "WindowsPodSandboxStats | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    windows: "WindowsPodSandboxStats | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "PodSandboxStats", PodSandboxStats)
@@ -3206,21 +3679,27 @@ class PodSandboxStatsFilter(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStatsFilter"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStatsFilter"
+        ]
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     label_selector: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exact-match labels (all must match).
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatsFilter", PodSandboxStatsFilter)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatsFilter", PodSandboxStatsFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3232,12 +3711,16 @@ class PodSandboxStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStatsRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatsRequest", PodSandboxStatsRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatsRequest", PodSandboxStatsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3249,12 +3732,18 @@ class PodSandboxStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStatsResponse"
+        ]
 
-    stats: "PodSandboxStats | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    stats: "PodSandboxStats | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatsResponse", PodSandboxStatsResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatsResponse", PodSandboxStatsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3270,7 +3759,9 @@ class PodSandboxStatus(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    metadata: "PodSandboxMetadata | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    metadata: "PodSandboxMetadata | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     state: "PodSandboxState" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: PodSandboxState(0)
@@ -3288,18 +3779,24 @@ class PodSandboxStatus(betterproto2.Message):
     Set only when the runtime manages the pod network.
     """
 
-    linux: "LinuxPodSandboxStatus | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxPodSandboxStatus | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     labels: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
 
     annotations: "dict[str, str]" = betterproto2.field(
         8,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Exactly the annotations from the PodSandboxConfig.
@@ -3311,7 +3808,9 @@ class PodSandboxStatus(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatus", PodSandboxStatus)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatus", PodSandboxStatus
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3323,7 +3822,9 @@ class PodSandboxStatusRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStatusRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStatusRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -3333,7 +3834,9 @@ class PodSandboxStatusRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatusRequest", PodSandboxStatusRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatusRequest", PodSandboxStatusRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3345,14 +3848,20 @@ class PodSandboxStatusResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PodSandboxStatusResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PodSandboxStatusResponse"
+        ]
 
-    status: "PodSandboxStatus | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "PodSandboxStatus | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Free-form debug data, filled only when verbose was requested.
@@ -3371,7 +3880,9 @@ class PodSandboxStatusResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PodSandboxStatusResponse", PodSandboxStatusResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PodSandboxStatusResponse", PodSandboxStatusResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3383,7 +3894,9 @@ class PortForwardRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PortForwardRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PortForwardRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -3393,7 +3906,9 @@ class PortForwardRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PortForwardRequest", PortForwardRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PortForwardRequest", PortForwardRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3405,7 +3920,9 @@ class PortForwardResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PortForwardResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PortForwardResponse"
+        ]
 
     url: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -3413,7 +3930,9 @@ class PortForwardResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PortForwardResponse", PortForwardResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PortForwardResponse", PortForwardResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3427,7 +3946,9 @@ class PortMapping(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PortMapping"]
 
-    protocol: "Protocol" = betterproto2.field(1, betterproto2.TYPE_ENUM, default_factory=lambda: Protocol(0))
+    protocol: "Protocol" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: Protocol(0)
+    )
 
     container_port: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
@@ -3461,7 +3982,9 @@ class ProcessUsage(betterproto2.Message):
     Sample time, Unix nanoseconds.
     """
 
-    process_count: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    process_count: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "ProcessUsage", ProcessUsage)
@@ -3513,12 +4036,16 @@ class PsiStats(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PsiStats"]
 
-    full: "PsiData | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    full: "PsiData | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Stalls where all tasks were waiting.
     """
 
-    some: "PsiData | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    some: "PsiData | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Stalls where at least one task was waiting.
     """
@@ -3538,9 +4065,13 @@ class PullImageRequest(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PullImageRequest"]
 
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    auth: "AuthConfig | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    auth: "AuthConfig | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     sandbox_config: "PodSandboxConfig | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -3550,7 +4081,9 @@ class PullImageRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PullImageRequest", PullImageRequest)
+default_message_pool.register_message(
+    "runtime.v1", "PullImageRequest", PullImageRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3562,7 +4095,9 @@ class PullImageResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["PullImageResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "PullImageResponse"
+        ]
 
     image_ref: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -3570,7 +4105,9 @@ class PullImageResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "PullImageResponse", PullImageResponse)
+default_message_pool.register_message(
+    "runtime.v1", "PullImageResponse", PullImageResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3582,12 +4119,16 @@ class RemoveContainerRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemoveContainerRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemoveContainerRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RemoveContainerRequest", RemoveContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveContainerRequest", RemoveContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3599,12 +4140,16 @@ class RemoveContainerResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemoveContainerResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemoveContainerResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RemoveContainerResponse", RemoveContainerResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveContainerResponse", RemoveContainerResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3616,12 +4161,18 @@ class RemoveImageRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemoveImageRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemoveImageRequest"
+        ]
 
-    image: "ImageSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    image: "ImageSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "RemoveImageRequest", RemoveImageRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveImageRequest", RemoveImageRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3633,12 +4184,16 @@ class RemoveImageResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemoveImageResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemoveImageResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RemoveImageResponse", RemoveImageResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RemoveImageResponse", RemoveImageResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3650,12 +4205,16 @@ class RemovePodSandboxRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemovePodSandboxRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemovePodSandboxRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "RemovePodSandboxRequest", RemovePodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RemovePodSandboxRequest", RemovePodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3667,12 +4226,16 @@ class RemovePodSandboxResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RemovePodSandboxResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RemovePodSandboxResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RemovePodSandboxResponse", RemovePodSandboxResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RemovePodSandboxResponse", RemovePodSandboxResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3684,12 +4247,16 @@ class ReopenContainerLogRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ReopenContainerLogRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ReopenContainerLogRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "ReopenContainerLogRequest", ReopenContainerLogRequest)
+default_message_pool.register_message(
+    "runtime.v1", "ReopenContainerLogRequest", ReopenContainerLogRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3701,12 +4268,16 @@ class ReopenContainerLogResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["ReopenContainerLogResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "ReopenContainerLogResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "ReopenContainerLogResponse", ReopenContainerLogResponse)
+default_message_pool.register_message(
+    "runtime.v1", "ReopenContainerLogResponse", ReopenContainerLogResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3718,9 +4289,13 @@ class RunPodSandboxRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RunPodSandboxRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RunPodSandboxRequest"
+        ]
 
-    config: "PodSandboxConfig | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    config: "PodSandboxConfig | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     runtime_handler: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
@@ -3728,7 +4303,9 @@ class RunPodSandboxRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "RunPodSandboxRequest", RunPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RunPodSandboxRequest", RunPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3740,7 +4317,9 @@ class RunPodSandboxResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RunPodSandboxResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RunPodSandboxResponse"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -3748,7 +4327,9 @@ class RunPodSandboxResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "RunPodSandboxResponse", RunPodSandboxResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RunPodSandboxResponse", RunPodSandboxResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3783,7 +4364,9 @@ class RuntimeCondition(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeCondition", RuntimeCondition)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeCondition", RuntimeCondition
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3797,7 +4380,9 @@ class RuntimeConfig(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RuntimeConfig"]
 
-    network_config: "NetworkConfig | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    network_config: "NetworkConfig | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "RuntimeConfig", RuntimeConfig)
@@ -3812,12 +4397,16 @@ class RuntimeConfigRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RuntimeConfigRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RuntimeConfigRequest"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeConfigRequest", RuntimeConfigRequest)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeConfigRequest", RuntimeConfigRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3829,14 +4418,18 @@ class RuntimeConfigResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RuntimeConfigResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RuntimeConfigResponse"
+        ]
 
     linux: "LinuxRuntimeConfiguration | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeConfigResponse", RuntimeConfigResponse)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeConfigResponse", RuntimeConfigResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3897,7 +4490,9 @@ class RuntimeHandlerFeatures(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RuntimeHandlerFeatures"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "RuntimeHandlerFeatures"
+        ]
 
     recursive_read_only_mounts: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
     """
@@ -3910,7 +4505,9 @@ class RuntimeHandlerFeatures(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "RuntimeHandlerFeatures", RuntimeHandlerFeatures)
+default_message_pool.register_message(
+    "runtime.v1", "RuntimeHandlerFeatures", RuntimeHandlerFeatures
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3924,7 +4521,9 @@ class RuntimeStatus(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["RuntimeStatus"]
 
-    conditions: "list[RuntimeCondition]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    conditions: "list[RuntimeCondition]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "RuntimeStatus", RuntimeStatus)
@@ -3986,12 +4585,16 @@ class StartContainerRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StartContainerRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StartContainerRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "StartContainerRequest", StartContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StartContainerRequest", StartContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4003,12 +4606,16 @@ class StartContainerResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StartContainerResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StartContainerResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "StartContainerResponse", StartContainerResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StartContainerResponse", StartContainerResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4042,20 +4649,28 @@ class StatusResponse(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StatusResponse"]
 
-    status: "RuntimeStatus | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    status: "RuntimeStatus | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     info: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Free-form debug data, filled only when verbose was requested.
     """
 
-    runtime_handlers: "list[RuntimeHandler]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    runtime_handlers: "list[RuntimeHandler]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    features: "RuntimeFeatures | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    features: "RuntimeFeatures | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "StatusResponse", StatusResponse)
@@ -4070,7 +4685,9 @@ class StopContainerRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StopContainerRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StopContainerRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -4080,7 +4697,9 @@ class StopContainerRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "StopContainerRequest", StopContainerRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StopContainerRequest", StopContainerRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4092,12 +4711,16 @@ class StopContainerResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StopContainerResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StopContainerResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "StopContainerResponse", StopContainerResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StopContainerResponse", StopContainerResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4109,12 +4732,16 @@ class StopPodSandboxRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StopPodSandboxRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StopPodSandboxRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("runtime.v1", "StopPodSandboxRequest", StopPodSandboxRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StopPodSandboxRequest", StopPodSandboxRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4126,12 +4753,16 @@ class StopPodSandboxResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StopPodSandboxResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StopPodSandboxResponse"
+        ]
 
     pass
 
 
-default_message_pool.register_message("runtime.v1", "StopPodSandboxResponse", StopPodSandboxResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StopPodSandboxResponse", StopPodSandboxResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4143,12 +4774,18 @@ class StreamContainersRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamContainersRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamContainersRequest"
+        ]
 
-    filter: "ContainerFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ContainerFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamContainersRequest", StreamContainersRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StreamContainersRequest", StreamContainersRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4160,12 +4797,18 @@ class StreamContainersResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamContainersResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamContainersResponse"
+        ]
 
-    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    containers: "list[Container]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamContainersResponse", StreamContainersResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StreamContainersResponse", StreamContainersResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4177,9 +4820,13 @@ class StreamContainerStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamContainerStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamContainerStatsRequest"
+        ]
 
-    filter: "ContainerStatsFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ContainerStatsFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -4196,9 +4843,13 @@ class StreamContainerStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamContainerStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamContainerStatsResponse"
+        ]
 
-    container_stats: "list[ContainerStats]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    container_stats: "list[ContainerStats]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -4215,12 +4866,18 @@ class StreamImagesRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamImagesRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamImagesRequest"
+        ]
 
-    filter: "ImageFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "ImageFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamImagesRequest", StreamImagesRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StreamImagesRequest", StreamImagesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4232,12 +4889,18 @@ class StreamImagesResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamImagesResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamImagesResponse"
+        ]
 
-    images: "list[Image]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    images: "list[Image]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamImagesResponse", StreamImagesResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StreamImagesResponse", StreamImagesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4249,12 +4912,18 @@ class StreamPodSandboxesRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxesRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxesRequest"
+        ]
 
-    filter: "PodSandboxFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "PodSandboxFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamPodSandboxesRequest", StreamPodSandboxesRequest)
+default_message_pool.register_message(
+    "runtime.v1", "StreamPodSandboxesRequest", StreamPodSandboxesRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4266,12 +4935,18 @@ class StreamPodSandboxesResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxesResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxesResponse"
+        ]
 
-    pod_sandboxes: "list[PodSandbox]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    pod_sandboxes: "list[PodSandbox]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "StreamPodSandboxesResponse", StreamPodSandboxesResponse)
+default_message_pool.register_message(
+    "runtime.v1", "StreamPodSandboxesResponse", StreamPodSandboxesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4283,7 +4958,9 @@ class StreamPodSandboxMetricsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxMetricsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxMetricsRequest"
+        ]
 
     pass
 
@@ -4302,7 +4979,9 @@ class StreamPodSandboxMetricsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxMetricsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxMetricsResponse"
+        ]
 
     pod_sandbox_metrics: "list[PodSandboxMetrics]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
@@ -4323,9 +5002,13 @@ class StreamPodSandboxStatsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxStatsRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxStatsRequest"
+        ]
 
-    filter: "PodSandboxStatsFilter | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    filter: "PodSandboxStatsFilter | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -4342,7 +5025,9 @@ class StreamPodSandboxStatsResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["StreamPodSandboxStatsResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "StreamPodSandboxStatsResponse"
+        ]
 
     pod_sandbox_stats: "list[PodSandboxStats]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
@@ -4377,7 +5062,9 @@ class SwapUsage(betterproto2.Message):
     Swap limit minus swap used.
     """
 
-    swap_usage_bytes: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    swap_usage_bytes: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "SwapUsage", SwapUsage)
@@ -4409,11 +5096,15 @@ class UpdateContainerResourcesRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdateContainerResourcesRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdateContainerResourcesRequest"
+        ]
 
     container_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    linux: "LinuxContainerResources | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    linux: "LinuxContainerResources | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     windows: "WindowsContainerResources | None" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, optional=True
@@ -4422,7 +5113,9 @@ class UpdateContainerResourcesRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         4,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
     )
     """
     Opaque extra options for the update (experimental resources etc.).
@@ -4443,7 +5136,9 @@ class UpdateContainerResourcesResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdateContainerResourcesResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdateContainerResourcesResponse"
+        ]
 
     pass
 
@@ -4462,7 +5157,9 @@ class UpdatePodSandboxResourcesRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdatePodSandboxResourcesRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdatePodSandboxResourcesRequest"
+        ]
 
     pod_sandbox_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -4495,7 +5192,9 @@ class UpdatePodSandboxResourcesResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdatePodSandboxResourcesResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdatePodSandboxResourcesResponse"
+        ]
 
     pass
 
@@ -4514,12 +5213,18 @@ class UpdateRuntimeConfigRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdateRuntimeConfigRequest"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdateRuntimeConfigRequest"
+        ]
 
-    runtime_config: "RuntimeConfig | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    runtime_config: "RuntimeConfig | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "UpdateRuntimeConfigRequest", UpdateRuntimeConfigRequest)
+default_message_pool.register_message(
+    "runtime.v1", "UpdateRuntimeConfigRequest", UpdateRuntimeConfigRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4531,7 +5236,9 @@ class UpdateRuntimeConfigResponse(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["UpdateRuntimeConfigResponse"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "UpdateRuntimeConfigResponse"
+        ]
 
     pass
 
@@ -4559,9 +5266,13 @@ class UserNamespace(betterproto2.Message):
     Only POD and NODE are valid here.
     """
 
-    uids: "list[IdMapping]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    uids: "list[IdMapping]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    gids: "list[IdMapping]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    gids: "list[IdMapping]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("runtime.v1", "UserNamespace", UserNamespace)
@@ -4628,7 +5339,9 @@ class WindowsContainerConfig(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsContainerConfig"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsContainerConfig"
+        ]
 
     resources: "WindowsContainerResources | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
@@ -4639,7 +5352,9 @@ class WindowsContainerConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsContainerConfig", WindowsContainerConfig)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsContainerConfig", WindowsContainerConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4651,7 +5366,9 @@ class WindowsContainerResources(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsContainerResources"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsContainerResources"
+        ]
 
     cpu_shares: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
@@ -4680,7 +5397,9 @@ class WindowsContainerResources(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "WindowsContainerResources", WindowsContainerResources)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsContainerResources", WindowsContainerResources
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4692,7 +5411,9 @@ class WindowsContainerSecurityContext(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsContainerSecurityContext"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsContainerSecurityContext"
+        ]
 
     run_as_username: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -4724,13 +5445,21 @@ class WindowsContainerStats(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsContainerStats"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsContainerStats"
+        ]
 
-    attributes: "ContainerAttributes | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    attributes: "ContainerAttributes | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    cpu: "WindowsCpuUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "WindowsCpuUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "WindowsMemoryUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "WindowsMemoryUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     writable_layer: "WindowsFilesystemUsage | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
@@ -4740,7 +5469,9 @@ class WindowsContainerStats(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "WindowsContainerStats", WindowsContainerStats)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsContainerStats", WindowsContainerStats
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4752,7 +5483,9 @@ class WindowsCpuGroupAffinity(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsCpuGroupAffinity"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsCpuGroupAffinity"
+        ]
 
     cpu_mask: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
     """
@@ -4765,7 +5498,9 @@ class WindowsCpuGroupAffinity(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "WindowsCpuGroupAffinity", WindowsCpuGroupAffinity)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsCpuGroupAffinity", WindowsCpuGroupAffinity
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4791,7 +5526,9 @@ class WindowsCpuUsage(betterproto2.Message):
     Cumulative CPU time over all cores, nanoseconds.
     """
 
-    usage_nano_cores: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    usage_nano_cores: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Recent average rate, in nanoseconds of CPU time per second (1e9 = one full core).
     """
@@ -4809,22 +5546,30 @@ class WindowsFilesystemUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsFilesystemUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsFilesystemUsage"
+        ]
 
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
     Sample time, Unix nanoseconds.
     """
 
-    fs_id: "FilesystemIdentifier | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    fs_id: "FilesystemIdentifier | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    used_bytes: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    used_bytes: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Bytes used by images/layers, not by the whole filesystem.
     """
 
 
-default_message_pool.register_message("runtime.v1", "WindowsFilesystemUsage", WindowsFilesystemUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsFilesystemUsage", WindowsFilesystemUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4836,21 +5581,29 @@ class WindowsMemoryUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsMemoryUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsMemoryUsage"
+        ]
 
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
     Sample time, Unix nanoseconds.
     """
 
-    working_set_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    working_set_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    available_bytes: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    available_bytes: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Limit minus commit_memory_bytes.
     """
 
-    page_faults: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    page_faults: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     Cumulative page faults.
     """
@@ -4863,7 +5616,9 @@ class WindowsMemoryUsage(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("runtime.v1", "WindowsMemoryUsage", WindowsMemoryUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsMemoryUsage", WindowsMemoryUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4875,14 +5630,18 @@ class WindowsNamespaceOption(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsNamespaceOption"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsNamespaceOption"
+        ]
 
     network: "NamespaceMode" = betterproto2.field(
         1, betterproto2.TYPE_ENUM, default_factory=lambda: NamespaceMode(0)
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsNamespaceOption", WindowsNamespaceOption)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsNamespaceOption", WindowsNamespaceOption
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4894,17 +5653,27 @@ class WindowsNetworkInterfaceUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsNetworkInterfaceUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsNetworkInterfaceUsage"
+        ]
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    rx_bytes: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_bytes: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    rx_packets_dropped: "UInt64Value | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    rx_packets_dropped: "UInt64Value | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    tx_bytes: "UInt64Value | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_bytes: "UInt64Value | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    tx_packets_dropped: "UInt64Value | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    tx_packets_dropped: "UInt64Value | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message(
@@ -4921,7 +5690,9 @@ class WindowsNetworkUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsNetworkUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsNetworkUsage"
+        ]
 
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
@@ -4937,7 +5708,9 @@ class WindowsNetworkUsage(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsNetworkUsage", WindowsNetworkUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsNetworkUsage", WindowsNetworkUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4949,14 +5722,18 @@ class WindowsPodSandboxConfig(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsPodSandboxConfig"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsPodSandboxConfig"
+        ]
 
     security_context: "WindowsSandboxSecurityContext | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsPodSandboxConfig", WindowsPodSandboxConfig)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsPodSandboxConfig", WindowsPodSandboxConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4968,22 +5745,34 @@ class WindowsPodSandboxStats(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsPodSandboxStats"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsPodSandboxStats"
+        ]
 
-    cpu: "WindowsCpuUsage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    cpu: "WindowsCpuUsage | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    memory: "WindowsMemoryUsage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    memory: "WindowsMemoryUsage | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    network: "WindowsNetworkUsage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    network: "WindowsNetworkUsage | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    process: "WindowsProcessUsage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    process: "WindowsProcessUsage | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     containers: "list[WindowsContainerStats]" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsPodSandboxStats", WindowsPodSandboxStats)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsPodSandboxStats", WindowsPodSandboxStats
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4995,17 +5784,23 @@ class WindowsProcessUsage(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsProcessUsage"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsProcessUsage"
+        ]
 
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
     Sample time, Unix nanoseconds.
     """
 
-    process_count: "UInt64Value | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    process_count: "UInt64Value | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("runtime.v1", "WindowsProcessUsage", WindowsProcessUsage)
+default_message_pool.register_message(
+    "runtime.v1", "WindowsProcessUsage", WindowsProcessUsage
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -5017,7 +5812,9 @@ class WindowsSandboxSecurityContext(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
     def DESCRIPTOR() -> Descriptor:
-        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name["WindowsSandboxSecurityContext"]
+        return RUNTIME_V1_API_PROTO_DESCRIPTOR.message_types_by_name[
+            "WindowsSandboxSecurityContext"
+        ]
 
     run_as_username: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -5970,7 +6767,9 @@ class ImageServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stream_images(self, message: "StreamImagesRequest") -> "AsyncIterator[StreamImagesResponse]":
+    async def stream_images(
+        self, message: "StreamImagesRequest"
+    ) -> "AsyncIterator[StreamImagesResponse]":
         """
         Server-streaming form of ListImages.
         """
@@ -5978,7 +6777,9 @@ class ImageServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamImagesResponse()
 
-    async def image_status(self, message: "ImageStatusRequest") -> "ImageStatusResponse":
+    async def image_status(
+        self, message: "ImageStatusRequest"
+    ) -> "ImageStatusResponse":
         """
         Describes one image; an unset image in the reply means it is not present (not an
         error).
@@ -5993,14 +6794,18 @@ class ImageServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove_image(self, message: "RemoveImageRequest") -> "RemoveImageResponse":
+    async def remove_image(
+        self, message: "RemoveImageRequest"
+    ) -> "RemoveImageResponse":
         """
         Deletes an image. Idempotent: removing a missing image succeeds.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def image_fs_info(self, message: "ImageFsInfoRequest") -> "ImageFsInfoResponse":
+    async def image_fs_info(
+        self, message: "ImageFsInfoRequest"
+    ) -> "ImageFsInfoResponse":
         """
         Reports usage of the filesystems that hold images and container layers.
         """
@@ -6112,14 +6917,18 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def run_pod_sandbox(self, message: "RunPodSandboxRequest") -> "RunPodSandboxResponse":
+    async def run_pod_sandbox(
+        self, message: "RunPodSandboxRequest"
+    ) -> "RunPodSandboxResponse":
         """
         Creates a pod sandbox; on success it must be in the ready state.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stop_pod_sandbox(self, message: "StopPodSandboxRequest") -> "StopPodSandboxResponse":
+    async def stop_pod_sandbox(
+        self, message: "StopPodSandboxRequest"
+    ) -> "StopPodSandboxResponse":
         """
         Kills all processes in a sandbox and frees its network resources. Idempotent; may
         be called repeatedly.
@@ -6127,7 +6936,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove_pod_sandbox(self, message: "RemovePodSandboxRequest") -> "RemovePodSandboxResponse":
+    async def remove_pod_sandbox(
+        self, message: "RemovePodSandboxRequest"
+    ) -> "RemovePodSandboxResponse":
         """
         Deletes a sandbox (force-removing any containers left in it). Idempotent: an
         unknown ID is not an error.
@@ -6135,14 +6946,18 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def pod_sandbox_status(self, message: "PodSandboxStatusRequest") -> "PodSandboxStatusResponse":
+    async def pod_sandbox_status(
+        self, message: "PodSandboxStatusRequest"
+    ) -> "PodSandboxStatusResponse":
         """
         Returns the status of one sandbox; NotFound if the ID is unknown.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_pod_sandbox(self, message: "ListPodSandboxRequest") -> "ListPodSandboxResponse":
+    async def list_pod_sandbox(
+        self, message: "ListPodSandboxRequest"
+    ) -> "ListPodSandboxResponse":
         """
         Lists sandboxes, optionally filtered.
         """
@@ -6160,21 +6975,27 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamPodSandboxesResponse()
 
-    async def create_container(self, message: "CreateContainerRequest") -> "CreateContainerResponse":
+    async def create_container(
+        self, message: "CreateContainerRequest"
+    ) -> "CreateContainerResponse":
         """
         Creates (but does not start) a container inside an existing sandbox.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def start_container(self, message: "StartContainerRequest") -> "StartContainerResponse":
+    async def start_container(
+        self, message: "StartContainerRequest"
+    ) -> "StartContainerResponse":
         """
         Starts a previously created container.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def stop_container(self, message: "StopContainerRequest") -> "StopContainerResponse":
+    async def stop_container(
+        self, message: "StopContainerRequest"
+    ) -> "StopContainerResponse":
         """
         Stops a running container, force-killing it once the grace period runs out.
         Idempotent.
@@ -6182,14 +7003,18 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def remove_container(self, message: "RemoveContainerRequest") -> "RemoveContainerResponse":
+    async def remove_container(
+        self, message: "RemoveContainerRequest"
+    ) -> "RemoveContainerResponse":
         """
         Deletes a container, killing it first if it is still running. Idempotent.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def list_containers(self, message: "ListContainersRequest") -> "ListContainersResponse":
+    async def list_containers(
+        self, message: "ListContainersRequest"
+    ) -> "ListContainersResponse":
         """
         Lists containers, optionally filtered.
         """
@@ -6206,7 +7031,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamContainersResponse()
 
-    async def container_status(self, message: "ContainerStatusRequest") -> "ContainerStatusResponse":
+    async def container_status(
+        self, message: "ContainerStatusRequest"
+    ) -> "ContainerStatusResponse":
         """
         Returns the status of one container; NotFound if the ID is unknown.
         """
@@ -6254,7 +7081,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def port_forward(self, message: "PortForwardRequest") -> "PortForwardResponse":
+    async def port_forward(
+        self, message: "PortForwardRequest"
+    ) -> "PortForwardResponse":
         """
         Prepares a port-forward session into a sandbox and returns its streaming-server
         URL.
@@ -6262,7 +7091,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def container_stats(self, message: "ContainerStatsRequest") -> "ContainerStatsResponse":
+    async def container_stats(
+        self, message: "ContainerStatsRequest"
+    ) -> "ContainerStatsResponse":
         """
         Returns resource usage of one container; NotFound if the ID is unknown.
         """
@@ -6288,7 +7119,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamContainerStatsResponse()
 
-    async def pod_sandbox_stats(self, message: "PodSandboxStatsRequest") -> "PodSandboxStatsResponse":
+    async def pod_sandbox_stats(
+        self, message: "PodSandboxStatsRequest"
+    ) -> "PodSandboxStatsResponse":
         """
         Returns resource usage of one sandbox; NotFound if the ID is unknown.
         """
@@ -6377,7 +7210,9 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamPodSandboxMetricsResponse()
 
-    async def runtime_config(self, message: "RuntimeConfigRequest") -> "RuntimeConfigResponse":
+    async def runtime_config(
+        self, message: "RuntimeConfigRequest"
+    ) -> "RuntimeConfigResponse":
         """
         Returns runtime settings the kubelet must match (e.g. the cgroup driver).
         """
@@ -6393,14 +7228,17 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def __rpc_version(self, stream: "grpclib.server.Stream[VersionRequest, VersionResponse]") -> None:
+    async def __rpc_version(
+        self, stream: "grpclib.server.Stream[VersionRequest, VersionResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.version(request)
         await stream.send_message(response)
 
     async def __rpc_run_pod_sandbox(
-        self, stream: "grpclib.server.Stream[RunPodSandboxRequest, RunPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[RunPodSandboxRequest, RunPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6408,7 +7246,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stop_pod_sandbox(
-        self, stream: "grpclib.server.Stream[StopPodSandboxRequest, StopPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[StopPodSandboxRequest, StopPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6416,7 +7255,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_remove_pod_sandbox(
-        self, stream: "grpclib.server.Stream[RemovePodSandboxRequest, RemovePodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[RemovePodSandboxRequest, RemovePodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6424,7 +7264,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pod_sandbox_status(
-        self, stream: "grpclib.server.Stream[PodSandboxStatusRequest, PodSandboxStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[PodSandboxStatusRequest, PodSandboxStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6432,7 +7273,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_pod_sandbox(
-        self, stream: "grpclib.server.Stream[ListPodSandboxRequest, ListPodSandboxResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListPodSandboxRequest, ListPodSandboxResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6440,7 +7282,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_pod_sandboxes(
-        self, stream: "grpclib.server.Stream[StreamPodSandboxesRequest, StreamPodSandboxesResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamPodSandboxesRequest, StreamPodSandboxesResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6451,7 +7294,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_create_container(
-        self, stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6459,7 +7303,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_start_container(
-        self, stream: "grpclib.server.Stream[StartContainerRequest, StartContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[StartContainerRequest, StartContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6467,7 +7312,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stop_container(
-        self, stream: "grpclib.server.Stream[StopContainerRequest, StopContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[StopContainerRequest, StopContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6475,7 +7321,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_remove_container(
-        self, stream: "grpclib.server.Stream[RemoveContainerRequest, RemoveContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[RemoveContainerRequest, RemoveContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6483,7 +7330,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_containers(
-        self, stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6491,7 +7339,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_containers(
-        self, stream: "grpclib.server.Stream[StreamContainersRequest, StreamContainersResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamContainersRequest, StreamContainersResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6502,7 +7351,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_container_status(
-        self, stream: "grpclib.server.Stream[ContainerStatusRequest, ContainerStatusResponse]"
+        self,
+        stream: "grpclib.server.Stream[ContainerStatusRequest, ContainerStatusResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6519,7 +7369,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_reopen_container_log(
-        self, stream: "grpclib.server.Stream[ReopenContainerLogRequest, ReopenContainerLogResponse]"
+        self,
+        stream: "grpclib.server.Stream[ReopenContainerLogRequest, ReopenContainerLogResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6534,13 +7385,17 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.exec_sync(request)
         await stream.send_message(response)
 
-    async def __rpc_exec(self, stream: "grpclib.server.Stream[ExecRequest, ExecResponse]") -> None:
+    async def __rpc_exec(
+        self, stream: "grpclib.server.Stream[ExecRequest, ExecResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.exec(request)
         await stream.send_message(response)
 
-    async def __rpc_attach(self, stream: "grpclib.server.Stream[AttachRequest, AttachResponse]") -> None:
+    async def __rpc_attach(
+        self, stream: "grpclib.server.Stream[AttachRequest, AttachResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.attach(request)
@@ -6555,7 +7410,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_container_stats(
-        self, stream: "grpclib.server.Stream[ContainerStatsRequest, ContainerStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ContainerStatsRequest, ContainerStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6563,7 +7419,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_container_stats(
-        self, stream: "grpclib.server.Stream[ListContainerStatsRequest, ListContainerStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListContainerStatsRequest, ListContainerStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6571,7 +7428,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_container_stats(
-        self, stream: "grpclib.server.Stream[StreamContainerStatsRequest, StreamContainerStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamContainerStatsRequest, StreamContainerStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6582,7 +7440,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_pod_sandbox_stats(
-        self, stream: "grpclib.server.Stream[PodSandboxStatsRequest, PodSandboxStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[PodSandboxStatsRequest, PodSandboxStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6590,7 +7449,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_pod_sandbox_stats(
-        self, stream: "grpclib.server.Stream[ListPodSandboxStatsRequest, ListPodSandboxStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListPodSandboxStatsRequest, ListPodSandboxStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6598,7 +7458,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_pod_sandbox_stats(
-        self, stream: "grpclib.server.Stream[StreamPodSandboxStatsRequest, StreamPodSandboxStatsResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamPodSandboxStatsRequest, StreamPodSandboxStatsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6609,21 +7470,25 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_update_runtime_config(
-        self, stream: "grpclib.server.Stream[UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse]"
+        self,
+        stream: "grpclib.server.Stream[UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.update_runtime_config(request)
         await stream.send_message(response)
 
-    async def __rpc_status(self, stream: "grpclib.server.Stream[StatusRequest, StatusResponse]") -> None:
+    async def __rpc_status(
+        self, stream: "grpclib.server.Stream[StatusRequest, StatusResponse]"
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.status(request)
         await stream.send_message(response)
 
     async def __rpc_checkpoint_container(
-        self, stream: "grpclib.server.Stream[CheckpointContainerRequest, CheckpointContainerResponse]"
+        self,
+        stream: "grpclib.server.Stream[CheckpointContainerRequest, CheckpointContainerResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6642,7 +7507,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_list_metric_descriptors(
-        self, stream: "grpclib.server.Stream[ListMetricDescriptorsRequest, ListMetricDescriptorsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListMetricDescriptorsRequest, ListMetricDescriptorsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6650,7 +7516,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_pod_sandbox_metrics(
-        self, stream: "grpclib.server.Stream[ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6658,7 +7525,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_stream_pod_sandbox_metrics(
-        self, stream: "grpclib.server.Stream[StreamPodSandboxMetricsRequest, StreamPodSandboxMetricsResponse]"
+        self,
+        stream: "grpclib.server.Stream[StreamPodSandboxMetricsRequest, StreamPodSandboxMetricsResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -6669,7 +7537,8 @@ class RuntimeServiceBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_runtime_config(
-        self, stream: "grpclib.server.Stream[RuntimeConfigRequest, RuntimeConfigResponse]"
+        self,
+        stream: "grpclib.server.Stream[RuntimeConfigRequest, RuntimeConfigResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

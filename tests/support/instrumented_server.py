@@ -1,0 +1,51 @@
+"""Run the real crirt daemon with one test middleware that lets a test make a call slow or crash.
+
+``python instrumented_server.py MARKER_DIR --config FILE``. A Version request whose ``version`` is
+``sleep:<seconds>`` sleeps first; ``crash`` raises inside the handler chain. When a sleeping call is
+cancelled, the middleware writes ``MARKER_DIR/cancelled``; when it completes, ``MARKER_DIR/completed``.
+Everything else is crirt exactly as ``crirt serve`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from crirt.bus import CallNext
+from crirt.commands.base import Command
+from crirt.commands.runtime import VersionCommand
+from crirt.config import load_config
+from crirt.server import App, run
+
+
+def instrument(markers: Path) -> Any:
+    async def middleware(command: Command, call_next: CallNext) -> Any:
+        if isinstance(command, VersionCommand):
+            if command.version == "crash":
+                raise RuntimeError("instrumented crash")
+            if command.version.startswith("sleep:"):
+                try:
+                    await asyncio.sleep(float(command.version.removeprefix("sleep:")))
+                except asyncio.CancelledError:
+                    (markers / "cancelled").touch()
+                    raise
+                (markers / "completed").touch()
+        return await call_next(command)
+
+    def setup(app: App) -> None:
+        app.bus.middleware.append(middleware)
+
+    return setup
+
+
+def main() -> None:
+    markers, config = Path(sys.argv[1]), load_config(Path(sys.argv[3]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(config, instrument(markers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The sqlite-backed store: durability across reopen, identity of unchanged records, deletes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crirt.model.container import Container, ContainerMetadata
+from crirt.model.sandbox import PodSandbox
+from crirt.store import Store
+
+
+def test_records_survive_reopen_and_keep_identity_until_replaced(tmp_path: Path) -> None:
+    store = Store(tmp_path / "crirt.db")
+    table = store.table("containers", Container)
+    table.put_many([(f"c{i}", Container(id=f"c{i}", metadata=ContainerMetadata(name=f"n{i}"))) for i in range(3)])
+    first = table.get("c1")
+    assert table.get("c1") is first  # same object while unchanged
+    table.put("c1", first.model_copy(update={"image_ref": "sha256:1"}))
+    assert table.get("c1") is not first
+    assert table.delete("c2") and not table.delete("c2")
+    store.close()
+
+    reopened = Store(tmp_path / "crirt.db").table("containers", Container)
+    assert sorted(reopened.ids()) == ["c0", "c1"]
+    assert reopened.get("c1").image_ref == "sha256:1"
+    assert "c2" not in reopened and len(reopened) == 2
+
+
+def test_kinds_are_separate_and_a_kind_has_one_model(tmp_path: Path) -> None:
+    store = Store(tmp_path / "crirt.db")
+    store.table("containers", Container).put("x", Container(id="x"))
+    assert store.table("sandboxes", PodSandbox).get("x") is None
+    with pytest.raises(TypeError, match="already open with model Container"):
+        store.table("containers", PodSandbox)
+
+
+def test_uses_write_ahead_logging(tmp_path: Path) -> None:
+    store = Store(tmp_path / "crirt.db")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
