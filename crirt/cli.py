@@ -11,7 +11,7 @@ import typer
 
 from crirt import __version__
 from crirt.config import Config, ConfigError, load_config
-from crirt.ctl.commands import app as ctl_app
+from crirt.ctl import app as ctl_app
 
 app = typer.Typer(help="crirt: a Kubernetes CRI container runtime.", no_args_is_help=True,
                   pretty_exceptions_enable=False)

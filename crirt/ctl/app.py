@@ -1,0 +1,66 @@
+"""The ``crirt ctl`` application: global flags (crictl's) and the helper that runs one call.
+
+Each family of verbs lives in its own module (``crirt/ctl/runtime.py``, ...) and registers on ``app``;
+``crirt/ctl/__init__.py`` imports them all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
+
+from crirt._gen.runtime.v1 import ImageServiceStub, RuntimeServiceStub
+from crirt.ctl.settings import ClientSettings, socket_path
+
+app = typer.Typer(help="A CRI client with crictl's verbs (talks to crirt or any CRI runtime).",
+                  no_args_is_help=True)
+T = TypeVar("T")
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    runtime_endpoint: Annotated[
+        str | None, typer.Option("--runtime-endpoint", "-r", help="CRI endpoint, e.g. unix:///run/crirt/crirt.sock")
+    ] = None,
+    image_endpoint: Annotated[str | None, typer.Option("--image-endpoint", "-i")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", "-t", help="seconds per call")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="crictl config file")] = None,
+) -> None:
+    ctx.obj = ClientSettings.resolve(runtime_endpoint, image_endpoint, timeout, config)
+
+
+def call_runtime(ctx: typer.Context, call: Callable[[RuntimeServiceStub], Awaitable[T]]) -> T:
+    """Run one RuntimeService call; print a gRPC or connection error crictl-style and exit 1."""
+    settings: ClientSettings = ctx.obj
+    return _run(settings.runtime_endpoint, settings.timeout, lambda ch: call(RuntimeServiceStub(ch)))
+
+
+def call_images(ctx: typer.Context, call: Callable[[ImageServiceStub], Awaitable[T]],
+                timeout: float | None = None) -> T:
+    """Run one ImageService call on the image endpoint (``timeout`` overrides the global one, e.g. for pulls)."""
+    settings: ClientSettings = ctx.obj
+    return _run(settings.image_endpoint, timeout or settings.timeout, lambda ch: call(ImageServiceStub(ch)))
+
+
+def _run(endpoint: str, timeout: float, call: Callable[[Channel], Awaitable[T]]) -> T:
+    async def run() -> T:
+        channel = Channel(path=socket_path(endpoint))
+        try:
+            return await asyncio.wait_for(call(channel), timeout)
+        finally:
+            channel.close()
+
+    try:
+        return asyncio.run(run())
+    except GRPCError as exc:
+        typer.echo(f"crirt ctl: {exc.status.name}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, TimeoutError) as exc:
+        typer.echo(f"crirt ctl: cannot reach {endpoint}: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
