@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
 # Debian packages crirt and its tests use; only the missing ones are installed.
-APT_PACKAGES ?=
+APT_PACKAGES ?= runc conmon busybox-static containernetworking-plugins iproute2 iptables catatonit util-linux
 CONFIG ?=
 PYTEST_ARGS ?=
 

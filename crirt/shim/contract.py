@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crirt.errors import Unimplemented
+
 API_VERSION = "1.0"
 ENTRY_POINT_GROUP = "crirt.shims"
 
@@ -62,6 +64,15 @@ class ExecProcess(_Data):
     exec_id: str
     process: dict[str, Any]
     stdio: Stdio = Stdio()
+
+
+class ExecResult(_Data):
+    """What a process run to completion by ``exec_sync`` printed and how it ended (CRI ``ExecSync``)."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
 
 
 class TaskState(_Data):
@@ -117,6 +128,11 @@ class Shim(abc.ABC):
     @abc.abstractmethod
     async def exec(self, task_id: str, process: ExecProcess) -> int:
         """Start the process; return its pid."""
+
+    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
+        """Run the process to completion and return its output; past ``time_limit`` seconds (None: no limit)
+        it is killed and the result says ``timed_out``. Optional: a plugin without it answers UNIMPLEMENTED."""
+        raise Unimplemented(f"shim plugin {type(self).__name__} does not support exec_sync")
 
     @abc.abstractmethod
     async def attach(self, task_id: str) -> Path:

@@ -26,20 +26,38 @@ def _conditions(reply) -> dict[str, object]:
     return {c.type: c for c in reply.status.conditions}
 
 
-def test_status_reflects_plugins_and_cni_config(daemon: Daemon, runtime_stub, pb: ModuleType) -> None:
-    reply = runtime_stub.Status(pb.StatusRequest())
-    conditions = _conditions(reply)
-    # No runc-shim is installed in this test venv yet, so the default handler cannot be ready.
-    runtime_ready = conditions["RuntimeReady"]
-    assert not runtime_ready.status and "'runc'" in runtime_ready.message
-    network = conditions["NetworkReady"]
-    assert not network.status and network.reason == "NetworkPluginNotReady"
-    assert str(daemon.socket.parent / "cni") in network.message
-    assert [h.name for h in reply.runtime_handlers] == ["", "runc"]
-    assert reply.info == {}  # verbose info only on request
+def test_status_reflects_plugins_and_cni_config(tmp_path: Path, pb: ModuleType) -> None:
+    # The runc-shim package is installed with crirt; a second handler names a plugin that is not.
+    daemon = start_daemon(tmp_path / "d", '[runtimes.ghost]\nshim = "no-such-plugin"\n')
+    try:
+        with daemon.channel() as channel:
+            stub = pb.grpc.RuntimeServiceStub(channel)
+            reply = stub.Status(pb.StatusRequest())
+            conditions = _conditions(reply)
+            assert conditions["RuntimeReady"].status, conditions["RuntimeReady"].message
+            plugins = conditions["ShimPluginsReady"]
+            assert not plugins.status and "'no-such-plugin' is not installed" in plugins.message
+            network = conditions["NetworkReady"]
+            assert not network.status and network.reason == "NetworkPluginNotReady"
+            assert str(daemon.socket.parent / "cni") in network.message
+            assert [h.name for h in reply.runtime_handlers] == ["", "runc", "ghost"]
+            assert reply.info == {}  # verbose info only on request
 
-    (daemon.socket.parent / "cni" / "10-test.conflist").write_text(CONFLIST)
-    assert _conditions(runtime_stub.Status(pb.StatusRequest()))["NetworkReady"].status
+            (daemon.socket.parent / "cni" / "10-test.conflist").write_text(CONFLIST)
+            assert _conditions(stub.Status(pb.StatusRequest()))["NetworkReady"].status
+    finally:
+        daemon.stop()
+
+
+def test_runtime_not_ready_when_the_default_handler_is_broken(tmp_path: Path, pb: ModuleType) -> None:
+    daemon = start_daemon(tmp_path / "d", 'default_runtime = "ghost"\n[runtimes.ghost]\nshim = "no-such-plugin"\n')
+    try:
+        with daemon.channel() as channel:
+            ready = _conditions(pb.grpc.RuntimeServiceStub(channel).Status(pb.StatusRequest()))["RuntimeReady"]
+        assert not ready.status and ready.reason == "DefaultRuntimeUnavailable"
+        assert "'ghost'" in ready.message and "not installed" in ready.message
+    finally:
+        daemon.stop()
 
 
 def test_status_verbose_info_is_json(daemon: Daemon, runtime_stub, pb: ModuleType) -> None:
@@ -47,8 +65,9 @@ def test_status_verbose_info_is_json(daemon: Daemon, runtime_stub, pb: ModuleTyp
     config = json.loads(info["config"])
     assert config["root"] == str(daemon.root)
     handlers = json.loads(info["handlerStatus"])
-    assert handlers["runc"]["ready"] is False and "not installed" in handlers["runc"]["problem"]
-    assert "Status" in json.loads(info["rpcMetrics"]) or json.loads(info["rpcMetrics"]) == {}
+    assert handlers["runc"] == {"shim": "runc", "ready": True, "problem": None,
+                                "features": handlers["runc"]["features"]}
+    assert isinstance(json.loads(info["rpcMetrics"]), dict)
 
 
 def test_runtime_config_reports_cgroup_driver(tmp_path: Path, pb: ModuleType) -> None:
@@ -101,3 +120,15 @@ def test_listing_rpcs_answer_empty_lists(runtime_stub, pb: ModuleType) -> None:
     assert list(runtime_stub.ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
     batches = list(runtime_stub.StreamContainers(pb.StreamContainersRequest()))
     assert len(batches) == 1 and not batches[0].containers
+
+
+def test_update_runtime_config_rejects_a_bad_pod_cidr(runtime_stub, pb: ModuleType) -> None:
+    for bad in ("10.0.0.0/33", "not-a-cidr", "10.0.0.0/8,fd00::/64,10.1.0.0/16", "\x00"):
+        request = pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=bad)))
+        with pytest.raises(grpc.RpcError) as info:
+            runtime_stub.UpdateRuntimeConfig(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "pod_cidr" in info.value.details()
+    dual = pb.NetworkConfig(pod_cidr="10.244.0.0/24, fd00:10::/64")
+    runtime_stub.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=pb.RuntimeConfig(network_config=dual)))

@@ -1,0 +1,703 @@
+"""The OCI-CLI + conmon driver: containers run by an OCI runtime CLI (runc, crun, runsc), monitored by conmon.
+
+This is CRI-O's model. For every container crirt starts one ``conmon`` (a small C program) in a new session;
+conmon forks once more, asks the runtime to ``create`` the container, reports the container's pid on a sync
+pipe, then stays with the container for its whole life: it owns the container's stdio, writes the CRI-format
+log, serves the attach socket and the control fifo (terminal resize), and writes the exit code to a file in
+the exit directory when the container ends. Nothing of it lives in crirt's process, so containers keep
+running, logging and reporting their exit while crirt restarts; a new crirt finds everything again from the
+files below and the runtime's own state. Every other operation (start, kill, state, exec, update, ps,
+delete) is a plain call of the runtime's CLI, always with the same global flags (``--root`` plus any extra
+ones: runsc needs e.g. ``--network=host`` on every call).
+
+Files under the driver's ``state_dir``::
+
+    exits/<id>                  exit code, written by conmon (--exit-dir); its mtime is the exit time
+    sockets/<id> -> <bundle>    symlink made by conmon; the attach socket is sockets/<id>/attach
+    containers/<id>/            conmon's working and --persist-dir directory
+        conmon.pid              conmon's pid (-P)
+        pid                     the container's init pid (-p, written by the runtime)
+        conmon.log              what conmon printed before it detached (its errors end up here)
+        oom                     created by conmon when the kernel OOM-killed the container
+        exec/<exec-id>/         process.json and pid file of an exec; the output of a detached exec
+                                without a log path
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
+from crirt.shim.cgroups import read_stats
+from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Container and exec ids become file names, so they are restricted to a safe alphabet."""
+
+UNKNOWN_EXIT_CODE = 255
+"""Reported when a container is gone but conmon died before it could record the exit code."""
+
+EXEC_OUTPUT_LIMIT = 16 << 20
+"""At most this many bytes of each stream of an ``exec_sync`` are kept; the rest is read and dropped."""
+
+CTL_RESIZE = 1
+"""conmon's control fifo message type for a terminal resize (``"1 <height> <width>\\n"``)."""
+
+MAX_TERMINAL_SIZE = 1000
+"""conmon ignores resize messages with more rows or columns than this."""
+
+
+class RuntimeFailure(CrirtError):
+    """The OCI runtime or conmon failed; the message says which command and what the runtime printed.
+
+    Not one of the mapped error kinds, so the gRPC front end answers UNKNOWN with this message, as CRI-O and
+    containerd do for runtime errors.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def check_id(value: str, what: str = "container id") -> str:
+    """Return ``value`` if it is safe to use as a file name; InvalidArgument otherwise."""
+    if not ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(f"{what} {value!r} must match {ID_PATTERN.pattern}")
+    return value
+
+
+@dataclass(frozen=True)
+class ContainerFiles:
+    """Where the driver and conmon keep one container's files (see the module docstring)."""
+
+    state_dir: Path
+    id: str
+
+    @property
+    def dir(self) -> Path:
+        return self.state_dir / "containers" / self.id
+
+    @property
+    def conmon_pid(self) -> Path:
+        return self.dir / "conmon.pid"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def conmon_log(self) -> Path:
+        return self.dir / "conmon.log"
+
+    @property
+    def oom(self) -> Path:
+        return self.dir / "oom"
+
+    @property
+    def exit(self) -> Path:
+        return self.state_dir / "exits" / self.id
+
+    @property
+    def socket_link(self) -> Path:
+        return self.state_dir / "sockets" / self.id
+
+    @property
+    def attach(self) -> Path:
+        return self.socket_link / "attach"
+
+    def exec_dir(self, exec_id: str) -> Path:
+        return self.dir / "exec" / exec_id
+
+
+def conmon_argv(*, conmon: Path, runtime: Path, runtime_args: Sequence[str], files: ContainerFiles, bundle: Path,
+                stdio: Stdio, systemd_cgroup: bool) -> list[str]:
+    """The command line that makes conmon create container ``files.id`` from ``bundle``."""
+    cid = files.id
+    argv = [
+        str(conmon), "--api-version", "1",
+        "-c", cid, "-u", cid, "-n", cid,
+        "-r", str(runtime), "-b", str(bundle),
+        "-p", str(files.pid), "-P", str(files.conmon_pid), "--persist-dir", str(files.dir),
+        "--exit-dir", str(files.exit.parent), "--socket-dir-path", str(files.socket_link.parent),
+        "-l", f"k8s-file:{stdio.log_path}" if stdio.log_path is not None else "none",
+    ]
+    argv += [f"--runtime-arg={arg}" for arg in runtime_args]
+    if systemd_cgroup:
+        argv.append("--systemd-cgroup")
+    if stdio.terminal:
+        argv.append("--terminal")
+    if stdio.stdin:
+        argv.append("--stdin")
+        if not stdio.stdin_once:
+            argv.append("--leave-stdin-open")
+    return argv
+
+
+def parse_sync_message(line: bytes) -> tuple[int, str]:
+    """conmon's sync pipe message ``{"data": N, "message": "..."}``: the container pid, or -1 and the error."""
+    try:
+        message = json.loads(line)
+        return int(message["data"]), str(message.get("message", ""))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeFailure(f"conmon sent an unreadable sync message: {line[:200]!r}") from exc
+
+
+_LOGRUS_MSG = re.compile(r'\bmsg="((?:[^"\\]|\\.)*)"')
+
+
+def runtime_error_text(output: str, limit: int = 2000) -> str:
+    """The human part of what a runtime printed on failure, trimmed to ``limit`` characters.
+
+    runc and runsc log through logrus (``time=... level=error msg="..."``) or, with ``--log-format json``,
+    one JSON object per line; crun prints plain text. The messages are extracted and joined.
+    """
+    messages = []
+    for raw in output.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        text = line
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                text = str(json.loads(line).get("msg", line))
+        elif match := _LOGRUS_MSG.search(line):
+            text = json.loads(f'"{match.group(1)}"') if "\\" in match.group(1) else match.group(1)
+        messages.append(text.strip())
+    joined = "; ".join(m for m in messages if m)
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def looks_missing(text: str) -> bool:
+    """Whether a runtime's error text says the container does not exist (runc, crun, runsc wordings)."""
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in ("does not exist", "not found", "no such file or directory"))
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """The fields of the OCI ``state`` output the driver uses."""
+
+    id: str
+    status: str
+    pid: int
+
+
+def parse_state(text: str) -> RuntimeState:
+    """The JSON printed by ``runtime state ID``."""
+    data = json.loads(text)
+    return RuntimeState(id=data["id"], status=data["status"], pid=int(data.get("pid") or 0))
+
+
+def parse_exit_code(text: str) -> int:
+    """The content of a conmon exit file: the exit code in decimal (128+N for a signal)."""
+    return int(text.strip())
+
+
+def parse_pids(text: str) -> list[int]:
+    """The output of ``runtime ps --format json ID``: a JSON list of host pids (``null`` when empty)."""
+    return [int(pid) for pid in json.loads(text) or []]
+
+
+def is_conmon_of(cmdline: bytes, container_id: str) -> bool:
+    """Whether a ``/proc/PID/cmdline`` is a conmon monitoring ``container_id`` (guards against pid reuse)."""
+    args = cmdline.split(b"\0")
+    cid = container_id.encode()
+    return (bool(args) and os.path.basename(args[0]) == b"conmon"
+            and any(a == b"-c" and b == cid for a, b in itertools.pairwise(args)))
+
+
+def resize_message(width: int, height: int) -> bytes:
+    """The control fifo line asking conmon to resize the container's terminal."""
+    return f"{CTL_RESIZE} {height} {width}\n".encode()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small process helpers
+
+
+def _conmon_pid(files: ContainerFiles) -> int | None:
+    """conmon's pid if its pid file names a live conmon of this container."""
+    try:
+        pid = int(files.conmon_pid.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return pid if is_conmon_of(cmdline, files.id) else None
+
+
+def _read_pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    """The last ``size`` bytes of a file as text (where a runtime's error message ends up)."""
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
+        return f.read().decode(errors="replace")
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Read ``stream`` to EOF, keeping the first ``limit`` bytes (the writer must never block on a full pipe)."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk[: max(limit - len(kept), 0)]
+    return bytes(kept)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver
+
+
+class ConmonRuntime:
+    """Runs containers with an OCI runtime CLI under conmon. One instance per runtime configuration; it holds
+    no per-container state in memory, so any instance (e.g. in a restarted crirt) can drive any container
+    created with the same ``state_dir`` and runtime root."""
+
+    def __init__(self, *, runtime: Path, root: Path, state_dir: Path, conmon: Path,
+                 global_args: Sequence[str] = (), systemd_cgroup: bool = False,
+                 command_timeout: float = 60.0) -> None:
+        """``runtime``/``conmon``: binaries; ``root``: the runtime's ``--root``; ``global_args``: extra flags
+        given to the runtime on every call; ``command_timeout``: seconds before a hung runtime call is killed."""
+        self.runtime = runtime
+        self.root = root
+        self.state_dir = state_dir
+        self.conmon = conmon
+        self.systemd_cgroup = systemd_cgroup
+        self.command_timeout = command_timeout
+        self.global_args = [f"--root={root}", *(["--systemd-cgroup"] if systemd_cgroup else []), *global_args]
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    def files(self, container_id: str) -> ContainerFiles:
+        return ContainerFiles(self.state_dir, check_id(container_id))
+
+    def _own(self, container_id: str) -> ContainerFiles:
+        """The files of a container this driver created; NotFound if there are none."""
+        files = self.files(container_id)
+        if not files.dir.is_dir():
+            raise NotFound(f"container {container_id!r} not found by {self.name}")
+        return files
+
+    # -- running the runtime CLI
+
+    async def _call(self, *args: str) -> tuple[int, str, str]:
+        """Run ``runtime <global args> <args>``; return (exit code, stdout, stderr). Killed on timeout or
+        cancellation."""
+        proc = await asyncio.create_subprocess_exec(str(self.runtime), *self.global_args, *args,
+                                                    stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout)
+        except TimeoutError:
+            raise RuntimeFailure(f"{self.name} {args[0]} did not finish within {self.command_timeout:g}s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def _run(self, container_id: str, *args: str) -> str:
+        """Run a runtime command about an existing container; NotFound if the runtime does not know it,
+        RuntimeFailure with the runtime's message for any other failure."""
+        check_id(container_id)
+        code, out, err = await self._call(*args)
+        if code != 0:
+            if await self._lookup(container_id) is None:
+                raise NotFound(f"container {container_id!r} not found by {self.name}")
+            raise RuntimeFailure(f"{self.name} {args[0]} {container_id}: {runtime_error_text(err) or f'exit {code}'}")
+        return out
+
+    async def _lookup(self, container_id: str) -> RuntimeState | None:
+        """The runtime's state of a container, None if it does not know the id."""
+        code, out, err = await self._call("state", container_id)
+        if code == 0:
+            return parse_state(out)
+        text = runtime_error_text(err)
+        if looks_missing(text):
+            return None
+        raise RuntimeFailure(f"{self.name} state {container_id}: {text or f'exit {code}'}")
+
+    async def features(self) -> dict[str, Any] | None:
+        """The runtime's ``features`` JSON (OCI runtime features), None if it has no such command."""
+        code, out, _ = await self._call("features")
+        if code != 0:
+            return None
+        try:
+            features = json.loads(out)
+        except ValueError:
+            return None
+        return features if isinstance(features, dict) else None
+
+    # -- lifecycle
+
+    async def create(self, task: CreateTask) -> TaskState:
+        """Create (not start) the container through conmon and return its state with the init pid.
+
+        On any failure, and on cancellation, everything this call made is removed again: conmon, the
+        runtime's container and the files."""
+        files = self.files(task.id)
+        if not (task.bundle / "config.json").is_file():
+            raise InvalidArgument(f"bundle {task.bundle} of container {task.id!r} has no config.json")
+        log_path = task.stdio.log_path
+        if log_path is not None and not log_path.parent.is_dir():
+            raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
+        if await self._lookup(task.id) is not None:
+            raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
+        if files.dir.exists():
+            log.warning("removing leftovers of an earlier attempt to create container %s", task.id)
+            await self._discard(files)
+        for directory in (files.dir, files.exit.parent, files.socket_link.parent, self.root):
+            directory.mkdir(parents=True, exist_ok=True)
+        argv = conmon_argv(conmon=self.conmon, runtime=self.runtime, runtime_args=self.global_args, files=files,
+                           bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
+        try:
+            pid = await self._spawn_conmon(files, argv)
+        except BaseException:
+            await asyncio.shield(self._discard(files))
+            raise
+        return TaskState(id=task.id, status="created", pid=pid)
+
+    async def _spawn_conmon(self, files: ContainerFiles, argv: list[str]) -> int:
+        """Start conmon in its own session and read the container pid it reports on the sync pipe."""
+        read_fd, write_fd = os.pipe()
+        sync_pipe = asyncio.StreamReader()
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(sync_pipe), os.fdopen(read_fd, "rb", buffering=0))
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        try:
+            try:
+                conmon_log = os.open(files.conmon_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=conmon_log, stderr=conmon_log,
+                        cwd=files.dir, env={**os.environ, "_OCI_SYNCPIPE": str(write_fd)}, pass_fds=(write_fd,),
+                        start_new_session=True)
+                finally:
+                    os.close(conmon_log)
+            finally:
+                os.close(write_fd)  # from now on EOF on the sync pipe means conmon is gone
+            try:
+                # The process we started only forks the real monitor and exits.
+                code = await asyncio.wait_for(proc.wait(), self.command_timeout)
+                if code != 0:
+                    raise RuntimeFailure(f"conmon failed for container {files.id} (exit {code}): "
+                                         f"{self._conmon_output(files)}")
+                line = await asyncio.wait_for(sync_pipe.readline(), self.command_timeout)
+            except TimeoutError:
+                raise RuntimeFailure(f"{self.name} create {files.id} did not finish within "
+                                     f"{self.command_timeout:g}s") from None
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        finally:
+            transport.close()
+        if not line:
+            raise RuntimeFailure(f"conmon exited before reporting container {files.id}'s pid: "
+                                 f"{self._conmon_output(files)}")
+        pid, message = parse_sync_message(line)
+        if pid <= 0:
+            raise RuntimeFailure(f"{self.name} create {files.id}: {runtime_error_text(message) or 'failed'}")
+        return pid
+
+    @staticmethod
+    def _conmon_output(files: ContainerFiles) -> str:
+        try:
+            text = files.conmon_log.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            text = ""
+        return text[-2000:] or "no output"
+
+    async def _discard(self, files: ContainerFiles) -> None:
+        """Remove a container whatever its state: conmon, the runtime's container, the files."""
+        conmon_pid = _conmon_pid(files)
+        if conmon_pid is not None:
+            _kill_quietly(conmon_pid)
+        code, _, err = await self._call("delete", "--force", files.id)
+        if code != 0 and not looks_missing(runtime_error_text(err)):
+            log.warning("%s delete --force %s failed: %s", self.name, files.id, runtime_error_text(err))
+        self._remove_files(files)
+
+    @staticmethod
+    def _remove_files(files: ContainerFiles) -> None:
+        with contextlib.suppress(OSError):
+            bundle = Path(os.readlink(files.socket_link))
+            for fifo in ("ctl", "winsz"):  # conmon's control fifos; the bundle itself belongs to the caller
+                (bundle / fifo).unlink(missing_ok=True)
+        files.socket_link.unlink(missing_ok=True)
+        files.exit.unlink(missing_ok=True)
+        shutil.rmtree(files.dir, ignore_errors=True)
+
+    async def start(self, container_id: str) -> None:
+        """Start a created container's init process."""
+        await self._run(container_id, "start", container_id)
+
+    async def kill(self, container_id: str, sig: int, all_processes: bool = False) -> None:
+        """Signal the init process (or every process, with ``all_processes``). A stopped container has
+        nothing to signal: that is not an error, so stopping twice or racing an exit is harmless."""
+        args = ["kill", *(["--all"] if all_processes else []), check_id(container_id), str(int(sig))]
+        code, _, err = await self._call(*args)
+        if code == 0:
+            return
+        state = await self._lookup(container_id)
+        if state is None:
+            raise NotFound(f"container {container_id!r} not found by {self.name}")
+        if state.status != "stopped":
+            raise RuntimeFailure(f"{self.name} kill {container_id}: {runtime_error_text(err) or f'exit {code}'}")
+
+    async def state(self, container_id: str) -> TaskState:
+        """The runtime's view of the container, with the exit code once it has stopped."""
+        state = await self._lookup(check_id(container_id))
+        if state is None:
+            raise NotFound(f"container {container_id!r} not found by {self.name}")
+        if state.status == "stopped":
+            exit_status = self.exit_status(container_id)
+            return TaskState(id=state.id, status=state.status,
+                             exit_code=exit_status.exit_code if exit_status is not None else None)
+        return TaskState(id=state.id, status=state.status, pid=state.pid)
+
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        """The exit recorded by conmon, or None while the container runs (or if nothing was recorded)."""
+        files = self.files(container_id)
+        try:
+            text = files.exit.read_text()
+            exited_at = files.exit.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        return ExitStatus(exit_code=parse_exit_code(text), exited_at=exited_at, oom_killed=files.oom.exists())
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Wait until the container has exited and return how.
+
+        Polls conmon's exit file with a growing interval (5 ms to 250 ms): cheap, and it works for containers
+        created by an earlier crirt process. If conmon is gone without writing the file (it was killed), the
+        runtime decides: a stopped or vanished container gets ``UNKNOWN_EXIT_CODE``."""
+        files = self.files(container_id)
+        delay = 0.005
+        while True:
+            status = self.exit_status(container_id)
+            if status is not None:
+                return status
+            if _conmon_pid(files) is None:
+                status = self.exit_status(container_id)  # conmon may have written it just before exiting
+                if status is not None:
+                    return status
+                state = await self._lookup(container_id)
+                if state is None and not files.dir.exists():
+                    raise NotFound(f"container {container_id!r} not found by {self.name}")
+                if state is None or state.status == "stopped":
+                    log.warning("conmon of container %s is gone and left no exit code", container_id)
+                    return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, exited_at=time.time_ns())
+                await asyncio.sleep(1.0)  # no monitor: only the runtime can tell, ask it once a second
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def delete(self, container_id: str) -> ExitStatus | None:
+        """Remove the container (killing it if it still runs) and its files; return its exit if known.
+        Deleting a container that does not exist is not an error."""
+        files = self.files(container_id)
+        if not files.dir.exists() and await self._lookup(container_id) is None:
+            return None
+        code, _, err = await self._call("delete", "--force", container_id)
+        if code != 0 and not looks_missing(runtime_error_text(err)):
+            raise RuntimeFailure(f"{self.name} delete {container_id}: {runtime_error_text(err) or f'exit {code}'}")
+        await self._wait_for_conmon_exit(files, grace=5.0)
+        status = self.exit_status(container_id)
+        self._remove_files(files)
+        return status
+
+    @staticmethod
+    async def _wait_for_conmon_exit(files: ContainerFiles, grace: float) -> None:
+        """Give conmon ``grace`` seconds to record the exit and leave; kill it if it lingers."""
+        deadline = time.monotonic() + grace
+        while (pid := _conmon_pid(files)) is not None:
+            if time.monotonic() > deadline:
+                log.warning("conmon %d of container %s did not exit; killing it", pid, files.id)
+                _kill_quietly(pid)
+                return
+            await asyncio.sleep(0.01)
+
+    # -- processes in a running container
+
+    def _write_exec_spec(self, files: ContainerFiles, exec_id: str, process: dict[str, Any]) -> Path:
+        exec_dir = files.exec_dir(check_id(exec_id, "exec id"))
+        exec_dir.mkdir(parents=True, exist_ok=True)
+        spec = exec_dir / "process.json"
+        spec.write_text(json.dumps(process))
+        return exec_dir
+
+    async def exec(self, container_id: str, process: ExecProcess) -> int:
+        """Start an extra process detached (``runtime exec --detach``) and return its host pid.
+
+        A detached process inherits the runtime's stdio, so its output (raw, not CRI-formatted) goes to
+        ``process.stdio.log_path``, or to ``exec/<exec id>/output`` in the container's directory. Interactive
+        and terminal exec need conmon's attach support and are not offered here."""
+        if process.stdio.terminal or process.stdio.stdin or process.process.get("terminal"):
+            raise InvalidArgument("a detached exec cannot have a terminal or stdin")
+        exec_dir = self._write_exec_spec(self._own(container_id), process.exec_id, process.process)
+        output = process.stdio.log_path or exec_dir / "output"
+        pid_file = exec_dir / "pid"
+        out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.runtime), *self.global_args, "exec", "--detach", "--process", str(exec_dir / "process.json"),
+                "--pid-file", str(pid_file), container_id,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+        finally:
+            os.close(out)
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.command_timeout)
+        except TimeoutError:
+            raise RuntimeFailure(f"{self.name} exec {container_id} did not finish within "
+                                 f"{self.command_timeout:g}s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            (exec_dir / "process.json").unlink()
+        pid = _read_pid_file(pid_file)
+        if code != 0 or pid is None:
+            text = runtime_error_text(_tail(output))
+            shutil.rmtree(exec_dir, ignore_errors=True)
+            if await self._lookup(container_id) is None:
+                raise NotFound(f"container {container_id!r} not found by {self.name}")
+            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {code}'}")
+        return pid
+
+    async def exec_sync(self, container_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
+        """Run a process in the container to completion (``runtime exec`` in the foreground) and capture its
+        output. Past ``time_limit`` seconds the process is SIGKILLed and the result is marked ``timed_out``."""
+        if process.stdio.terminal or process.process.get("terminal"):
+            raise InvalidArgument("exec_sync cannot allocate a terminal")
+        files = self._own(container_id)
+        state = await self._lookup(container_id)
+        if state is None:
+            raise NotFound(f"container {container_id!r} not found by {self.name}")
+        if state.status != "running":
+            raise FailedPrecondition(f"container {container_id!r} is {state.status}, not running")
+        exec_dir = self._write_exec_spec(files, process.exec_id, process.process)
+        pid_file = exec_dir / "pid"
+        readers: list[asyncio.Future[bytes]] = []
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.runtime), *self.global_args, "exec", "--process", str(exec_dir / "process.json"),
+                "--pid-file", str(pid_file), container_id,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            readers = [asyncio.ensure_future(_read_capped(s, EXEC_OUTPUT_LIMIT)) for s in (proc.stdout, proc.stderr)]
+            timed_out = False
+            try:
+                await asyncio.wait_for(proc.wait(), time_limit)
+            except TimeoutError:
+                timed_out = True
+            finally:
+                if proc.returncode is None:  # timed out or cancelled: end the process, then the runtime
+                    await self._end_exec(proc, pid_file)
+            # A background child of the process may hold the pipes open: give the readers only a moment.
+            await asyncio.wait(readers, timeout=1.0)
+            stdout, stderr = (r.result() if r.done() else b"" for r in readers)
+            started = pid_file.exists()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            shutil.rmtree(exec_dir, ignore_errors=True)
+        if not started and not timed_out:
+            text = runtime_error_text(stderr.decode(errors="replace"))
+            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {proc.returncode}'}")
+        return ExecResult(exit_code=proc.returncode or 0, stdout=stdout, stderr=stderr, timed_out=timed_out)
+
+    @staticmethod
+    async def _end_exec(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+        """SIGKILL an exec'd process (the runtime then exits by itself); kill the runtime if it does not."""
+        if (pid := _read_pid_file(pid_file)) is not None:
+            _kill_quietly(pid)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def pids(self, container_id: str) -> list[int]:
+        """Host pids of every process in the container."""
+        return parse_pids(await self._run(container_id, "ps", "--format", "json", container_id))
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Apply new OCI ``linux.resources`` to the container's cgroup."""
+        spec = self._own(container_id).dir / "resources.json"
+        spec.write_text(json.dumps(resources))
+        try:
+            await self._run(container_id, "update", "--resources", str(spec), container_id)
+        finally:
+            spec.unlink(missing_ok=True)
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """A sample of the container's cgroup counters (see ``crirt.shim.cgroups.CgroupStats.as_dict``)."""
+        state = await self.state(container_id)
+        if state.pid <= 0:
+            raise FailedPrecondition(f"container {container_id!r} is {state.status}: no cgroup to read")
+        try:
+            return read_stats(state.pid).as_dict()
+        except ProcessLookupError:
+            raise FailedPrecondition(f"container {container_id!r} exited while reading its stats") from None
+
+    # -- conmon's sockets and fifos
+
+    def attach_socket(self, container_id: str) -> Path:
+        """The unix socket on which conmon serves the container's stdio (one byte of stream id per frame).
+
+        Its path can exceed the 108 bytes a socket address holds; connect through a short alias such as
+        ``/proc/self/fd/<fd of the directory>/attach``."""
+        return self._own(container_id).attach
+
+    async def resize(self, container_id: str, exec_id: str | None, width: int, height: int) -> None:
+        """Resize the container's terminal through conmon's control fifo. Execs never have a terminal here."""
+        if exec_id is not None:
+            raise InvalidArgument(f"exec {exec_id!r} has no terminal: this driver runs execs without one")
+        if not (0 <= width <= MAX_TERMINAL_SIZE and 0 <= height <= MAX_TERMINAL_SIZE):
+            raise InvalidArgument(f"terminal size {width}x{height} is outside 0..{MAX_TERMINAL_SIZE}")
+        files = self._own(container_id)
+        try:
+            fifo = Path(os.readlink(files.socket_link)) / "ctl"
+        except FileNotFoundError:
+            raise FailedPrecondition(f"container {container_id!r} has no running conmon") from None
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENXIO, errno.ENOENT):  # no reader: conmon is gone
+                raise FailedPrecondition(f"container {container_id!r} has no running conmon") from None
+            raise
+        try:
+            os.write(fd, resize_message(width, height))
+        finally:
+            os.close(fd)

@@ -1,0 +1,135 @@
+"""crirt's runc shim plugin: containers on runc, each monitored by its own conmon.
+
+All the work is done by crirt's OCI-CLI + conmon driver (``crirt.shim.conmon``); this plugin validates its
+options, points the driver at runc, and reports runc's features.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crirt.shim import (
+    CreateTask,
+    ExecProcess,
+    ExecResult,
+    ExitStatus,
+    HandlerFeatures,
+    Shim,
+    ShimContext,
+    TaskState,
+)
+from crirt.shim.conmon import ConmonRuntime
+
+__version__ = "0.1.0"
+
+OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon")
+
+
+def _executable(option: str, value: Any) -> Path:
+    """Resolve a binary option (a name looked up on PATH, or a path) to an absolute path."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"option {option!r} must be a non-empty string, not {value!r}")
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH")
+    return Path(found).absolute()
+
+
+def features_from(runtime_features: Mapping[str, Any] | None) -> HandlerFeatures:
+    """Map the OCI runtime features document (``runc features``) to the CRI handler features.
+
+    Recursive read-only mounts need the ``rro`` mount option; user namespaces for pods need the ``user``
+    namespace and id-mapped mounts (``linux.mountExtensions.idmap.enabled``, runc >= 1.2). Without the
+    document (runc < 1.1) nothing is claimed.
+    """
+    if not runtime_features:
+        return HandlerFeatures()
+    linux = runtime_features.get("linux") or {}
+    idmap = ((linux.get("mountExtensions") or {}).get("idmap") or {}).get("enabled") is True
+    return HandlerFeatures(
+        recursive_read_only_mounts="rro" in (runtime_features.get("mountOptions") or []),
+        user_namespaces=idmap and "user" in (linux.get("namespaces") or []),
+    )
+
+
+class RuncShim(Shim):
+    """The ``runc`` shim plugin. Options (all optional):
+
+    - ``binary``: runc to run, a name on PATH or a path (default ``"runc"``)
+    - ``root``: runc's ``--root`` state directory (default ``<handler state dir>/runc-root``)
+    - ``systemd_cgroup``: let systemd manage cgroups (runc ``--systemd-cgroup``; default false)
+    - ``extra_args``: more global runc flags, given on every call (default none)
+    - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
+    """
+
+    api_version = "1.0"
+
+    def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                             f"the runc shim knows {', '.join(map(repr, OPTIONS))}")
+        super().__init__(context, options)
+        root = options.get("root", str(context.state / "runc-root"))
+        if not isinstance(root, str) or not root.startswith("/"):
+            raise ValueError(f"option 'root' must be an absolute path, not {root!r}")
+        systemd_cgroup = options.get("systemd_cgroup", False)
+        if not isinstance(systemd_cgroup, bool):
+            raise ValueError(f"option 'systemd_cgroup' must be true or false, not {systemd_cgroup!r}")
+        extra_args = options.get("extra_args", [])
+        if not isinstance(extra_args, list) or not all(isinstance(a, str) and a for a in extra_args):
+            raise ValueError(f"option 'extra_args' must be a list of non-empty strings, not {extra_args!r}")
+        self.runtime = ConmonRuntime(
+            runtime=_executable("binary", options.get("binary", "runc")),
+            root=Path(root),
+            state_dir=context.state,
+            conmon=_executable("conmon", options.get("conmon", "conmon")),
+            global_args=extra_args,
+            systemd_cgroup=systemd_cgroup,
+        )
+
+    async def features(self) -> HandlerFeatures:
+        return features_from(await self.runtime.features())
+
+    async def create(self, task: CreateTask) -> TaskState:
+        return await self.runtime.create(task)
+
+    async def start(self, task_id: str) -> TaskState:
+        await self.runtime.start(task_id)
+        return await self.runtime.state(task_id)
+
+    async def kill(self, task_id: str, signal: int, all_processes: bool = False) -> None:
+        await self.runtime.kill(task_id, signal, all_processes)
+
+    async def wait(self, task_id: str) -> ExitStatus:
+        return await self.runtime.wait(task_id)
+
+    async def delete(self, task_id: str) -> ExitStatus | None:
+        return await self.runtime.delete(task_id)
+
+    async def state(self, task_id: str) -> TaskState:
+        return await self.runtime.state(task_id)
+
+    async def exec(self, task_id: str, process: ExecProcess) -> int:
+        return await self.runtime.exec(task_id, process)
+
+    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
+        return await self.runtime.exec_sync(task_id, process, time_limit)
+
+    async def attach(self, task_id: str) -> Path:
+        return self.runtime.attach_socket(task_id)
+
+    async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
+        await self.runtime.resize(task_id, exec_id, width, height)
+
+    async def update(self, task_id: str, resources: dict[str, Any]) -> None:
+        await self.runtime.update(task_id, resources)
+
+    async def stats(self, task_id: str) -> dict[str, Any]:
+        return await self.runtime.stats(task_id)
+
+    async def pids(self, task_id: str) -> list[int]:
+        return await self.runtime.pids(task_id)
