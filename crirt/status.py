@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from crirt.commands.runtime import (
     VersionResult,
 )
 from crirt.config import Config
+from crirt.errors import InvalidArgument
 from crirt.model.base import Model
 from crirt.model.enums import CgroupDriver
 from crirt.model.runtime import (
@@ -127,5 +129,20 @@ class RuntimeInfo:
     async def update_runtime_config(self, command: UpdateRuntimeConfigCommand) -> UpdateRuntimeConfigResult:
         network = command.runtime_config.network_config if command.runtime_config else None
         if network is not None and network.pod_cidr:
-            self.store.table("node", NodeSettings).put("settings", NodeSettings(pod_cidr=network.pod_cidr))
+            settings = NodeSettings(pod_cidr=_check_cidrs(network.pod_cidr))
+            self.store.table("node", NodeSettings).put("settings", settings)
         return UpdateRuntimeConfigResult()
+
+
+def _check_cidrs(value: str) -> str:
+    """The kubelet sends one CIDR, or an IPv4 and an IPv6 one separated by a comma (dual stack)."""
+    parts = value.split(",")
+    try:
+        if len(parts) > 2:
+            raise ValueError("at most two CIDRs (one per IP family)")
+        for part in parts:
+            ipaddress.ip_network(part.strip(), strict=False)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"runtime_config.network_config.pod_cidr {value[:100]!r} is not a CIDR list: {exc}") from None
+    return ",".join(part.strip() for part in parts)
