@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
 # Debian packages crirt and its tests use; only the missing ones are installed.
-APT_PACKAGES ?= runc conmon busybox-static containernetworking-plugins iproute2 iptables catatonit util-linux
+APT_PACKAGES ?= runc conmon busybox-static containernetworking-plugins iproute2 iptables catatonit util-linux docker-registry skopeo containerd
 CONFIG ?=
 PYTEST_ARGS ?=
 
@@ -20,8 +20,10 @@ test: system venv
 proto: venv
 	$(PY) tools/genproto.py
 
-bench: venv
-	$(PY) bench/list_containers.py
+BENCHES ?= list_containers pull sandbox
+
+bench: system venv
+	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
 
 venv: $(VENV)/.installed
 

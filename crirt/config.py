@@ -6,12 +6,15 @@ Precedence, highest first: command-line flags, environment (``CRIRT_LOG_LEVEL``,
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from crirt.images.config import ImagesConfig, RegistryConfig
 
 DEFAULT_CONFIG_FILE = Path("/etc/crirt/config.toml")
 MIB = 1024 * 1024
@@ -37,10 +40,31 @@ class RuntimeHandlerConfig(_Section):
 
 
 class CniConfig(_Section):
-    """Where CNI network configs and plugin binaries live."""
+    """Where CNI network configs and plugin binaries live, and the default network crirt may write."""
 
     conf_dir: Path = Path("/etc/cni/net.d")
     bin_dirs: list[Path] = Field(default_factory=lambda: [Path("/usr/lib/cni"), Path("/opt/cni/bin")])
+    plugin_timeout: float = Field(60.0, gt=0, description="seconds one CNI plugin call may take before it is killed")
+    default_network: bool = Field(True, description="write a bridge network when conf_dir holds none at start")
+    default_network_name: str = Field("crirt", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    default_bridge: str = Field("crirt0", pattern=r"^[A-Za-z0-9_.\-]{1,15}$", description="Linux interface name")
+    default_subnets: list[str] = Field(default_factory=lambda: ["10.88.0.0/16"], min_length=1, max_length=2)
+
+    @field_validator("default_subnets")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        networks = [ipaddress.ip_network(s, strict=True) for s in value]  # ValueError names the bad one
+        if len({n.version for n in networks}) != len(networks):
+            raise ValueError("at most one IPv4 and one IPv6 subnet")
+        return [str(n) for n in networks]
+
+
+class SandboxesConfig(_Section):
+    """How pod sandboxes are set up and torn down."""
+
+    stop_grace_period: float = Field(2.0, ge=0, description="seconds StopPodSandbox waits after SIGTERM")
+    shm_size: int = Field(64 * MIB, ge=4096, description="bytes of each pod's /dev/shm tmpfs")
+    infra_binary: Path = Field(Path("/usr/bin/catatonit"), description="static init run as pid: POD infra")
 
 
 class GrpcConfig(_Section):
@@ -70,6 +94,9 @@ class Config(BaseSettings):
     )
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     cni: CniConfig = Field(default_factory=CniConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    registries: dict[str, RegistryConfig] = Field(default_factory=dict, description="per registry host")
+    sandboxes: SandboxesConfig = Field(default_factory=SandboxesConfig)
 
     @field_validator("runtimes", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ from crirt.api.frontend import Frontend, Limits
 from crirt.bus import Bus, MetricsMiddleware, logging_middleware
 from crirt.config import Config
 from crirt.containers.queries import ContainerQueries
+from crirt.images.service import ImageService
 from crirt.sandboxes.queries import SandboxQueries
+from crirt.sandboxes.service import SandboxService
 from crirt.shim.registry import HandlerSpec, ShimRegistry
 from crirt.status import RuntimeInfo
 from crirt.store import Store
@@ -47,6 +49,8 @@ class App:
     registry: ShimRegistry
     metrics: MetricsMiddleware
     frontend: Frontend
+    sandboxes: SandboxService
+    images: ImageService
 
 
 def build_app(config: Config) -> App:
@@ -61,9 +65,13 @@ def build_app(config: Config) -> App:
     RuntimeInfo(config, registry, metrics, store).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)
+    sandboxes = SandboxService(config, store, registry)
+    sandboxes.register(bus)
+    images = ImageService(config, store)
+    images.register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
     frontend = Frontend(bus, limits, hot_path_encoders())
-    return App(config, store, bus, registry, metrics, frontend)
+    return App(config, store, bus, registry, metrics, frontend, sandboxes, images)
 
 
 async def _socket_is_live(path: Path) -> bool:
@@ -110,6 +118,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
     if setup is not None:
         setup(app)
     await app.registry.probe_features()
+    await app.sandboxes.start()  # default network, then finish what a crash left, before serving
     serving = ServiceStatus()
     serving.set(True)
     server = Server(_services(app, serving), codec=PassThroughCodec())
@@ -140,6 +149,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+        await app.sandboxes.close()
         await app.registry.close()
         app.store.close()
         log.info("crirt stopped")

@@ -31,6 +31,7 @@ from crirt.model.runtime import (
     RuntimeHandlerFeatures,
     RuntimeStatus,
 )
+from crirt.network.cni import network_problem
 from crirt.shim.registry import ShimRegistry
 from crirt.store import Store
 
@@ -101,11 +102,10 @@ class RuntimeInfo:
                                 message=f"default runtime handler {self.registry.default!r}: {reason}")
 
     def _network_condition(self) -> RuntimeCondition:
-        conf_dir = self.config.cni.conf_dir
-        if cni_config_files(conf_dir):
+        problem = network_problem(self.config.cni.conf_dir)
+        if problem is None:
             return RuntimeCondition(type="NetworkReady", status=True)
-        return RuntimeCondition(type="NetworkReady", status=False, reason="NetworkPluginNotReady",
-                                message=f"no CNI network config (*.conf, *.conflist, *.json) in {conf_dir}")
+        return RuntimeCondition(type="NetworkReady", status=False, reason="NetworkPluginNotReady", message=problem)
 
     def _verbose_info(self) -> dict[str, str]:
         handlers = {

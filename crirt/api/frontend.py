@@ -42,6 +42,16 @@ STATUS_OF: dict[type[errors.CrirtError], Status] = {
     errors.Unavailable: Status.UNAVAILABLE,
 }
 
+
+
+def _status_of(exc: errors.CrirtError) -> Status:
+    """The status of the nearest mapped class in the error's ancestry (subclasses inherit their base's code)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return Status.UNKNOWN
+
+
 ResponseEncoder = Callable[[Result], bytes]
 """Turns a handler's result into the response's wire bytes (hot RPCs use cached encodings)."""
 
@@ -107,7 +117,7 @@ class Frontend:
             except GRPCError:
                 raise
             except errors.CrirtError as exc:
-                raise GRPCError(STATUS_OF.get(type(exc), Status.UNKNOWN), f"{rpc.name}: {exc}") from exc
+                raise GRPCError(_status_of(exc), f"{rpc.name}: {exc}") from exc
             except (asyncio.CancelledError, grpclib.exceptions.StreamTerminatedError):
                 raise
             except Exception as exc:

@@ -8,7 +8,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "ListContainers", "StreamContainers",
-               "ListPodSandbox", "StreamPodSandboxes"}
+               "ListPodSandbox", "StreamPodSandboxes", "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox",
+               "PodSandboxStatus", "UpdatePodSandboxResources",
+               "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo"}
 
 
 def all_rpcs(pb: ModuleType) -> list[tuple[str, str, bool, type[Message], type[Message]]]:

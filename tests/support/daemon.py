@@ -41,21 +41,32 @@ class Daemon:
         return self.proc.wait(timeout)
 
 
-def write_config(path: Path, base: Path, extra: str = "") -> Path:
-    """A config file that keeps every directory of the daemon under ``base``."""
+NO_REGISTRIES = '[registries."*"]\nblocked = true\n'
+"""Refuses every pull from a registry the test did not configure, so no test daemon ever reaches (or even
+resolves the name of) a registry outside this machine."""
+
+
+def write_config(path: Path, base: Path, extra: str = "", cni_extra: str = "default_network = false\n",
+                 registries: str = NO_REGISTRIES) -> Path:
+    """A config file that keeps every directory of the daemon under ``base``.
+
+    ``cni_extra`` goes into ``[cni]``; by default the daemon writes no default network, so a generic test
+    daemon never creates bridges or allocates addresses on the host (pod network tests bring their own).
+    ``registries`` holds ``[registries."<host>"]`` tables; by default every pull is refused."""
     (base / "cni").mkdir(parents=True, exist_ok=True)
     path.write_text(
         f'address = "unix://{base}/crirt.sock"\nroot = "{base}/root"\nstate = "{base}/state"\n'
-        f'log_level = "debug"\n{extra}\n[cni]\nconf_dir = "{base}/cni"\n'
+        f'log_level = "debug"\n{extra}\n{registries}\n[cni]\nconf_dir = "{base}/cni"\n{cni_extra}'
     )
     return path
 
 
 def start_daemon(base: Path, extra_config: str = "", argv: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> Daemon:
+                 env: dict[str, str] | None = None, cni_config: str = "default_network = false\n",
+                 registries: str = NO_REGISTRIES) -> Daemon:
     """Start ``crirt serve`` (or ``argv``) with a private config under ``base`` and wait until it answers."""
     base.mkdir(parents=True, exist_ok=True)
-    config = write_config(base / "config.toml", base, extra_config)
+    config = write_config(base / "config.toml", base, extra_config, cni_config, registries)
     log = base / "daemon.log"
     command = argv or [*CRIRT, "serve"]
     with log.open("wb") as out:

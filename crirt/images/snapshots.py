@@ -1,0 +1,158 @@
+"""Layer snapshots (one directory per layer, keyed by chain id) and container root filesystems on overlayfs.
+
+``<root>/images/snapshots/<chain-id hex>/`` holds exactly one layer's files in overlay form. A layer is
+unpacked into ``.staging/`` and published by one atomic rename once it is complete and verified; it never
+changes afterwards, so any number of containers can use it as a lower directory. Layers do not depend on
+each other's content, which is what lets a pull unpack all of them at the same time.
+
+The container rootfs API (used by the container handlers): ``prepare_rootfs`` mounts
+``lowerdir=<top>:...:<bottom>`` with a private ``upper``/``work`` under ``<root>/rootfs/<id>/`` and returns the
+mountpoint; ``rootfs_usage`` reports the writable layer's bytes and inodes; ``remove_rootfs`` unmounts and
+deletes it. The chain ids a rootfs uses are written next to it (``layers.json``) before anything is
+mounted, and garbage collection keeps every snapshot a rootfs names, even after its image was removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from crirt.errors import FailedPrecondition, NotFound
+from crirt.images.unpack import disk_usage
+
+MAX_MOUNT_OPTIONS = 4000
+"""The kernel reads mount options from one page; leave room for the rest of the string."""
+
+
+def _hex(chain_id: str) -> str:
+    algorithm, _, hex_part = chain_id.partition(":")
+    if algorithm != "sha256" or len(hex_part) != 64:
+        raise ValueError(f"not a chain id: {chain_id!r}")
+    return hex_part
+
+
+async def _run(*argv: str, cwd: Path | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    output, _ = await proc.communicate()
+    return proc.returncode or 0, output.decode(errors="replace").strip()
+
+
+class SnapshotStore:
+    """Committed layer directories and container root filesystems."""
+
+    def __init__(self, root: Path, rootfs_root: Path) -> None:
+        self.root = root
+        self.staging_root = root / ".staging"
+        self.trash = root / ".trash"
+        self.rootfs_root = rootfs_root
+
+    def recover(self) -> None:
+        """Create the directories; drop half-unpacked and half-deleted layers of an earlier run."""
+        for directory in (self.staging_root, self.trash):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+        self.rootfs_root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, chain_id: str) -> Path:
+        return self.root / _hex(chain_id)
+
+    def exists(self, chain_id: str) -> bool:
+        return self.path(chain_id).is_dir()
+
+    def chain_ids(self) -> list[str]:
+        return [f"sha256:{p.name}" for p in self.root.iterdir() if not p.name.startswith(".")]
+
+    def staging(self) -> Path:
+        """A new empty directory to unpack a layer into (same filesystem, so commit is a rename)."""
+        path = self.staging_root / uuid.uuid4().hex
+        path.mkdir(mode=0o755)
+        return path
+
+    def commit(self, staging: Path, chain_id: str) -> None:
+        """Publish an unpacked layer; if another pull published the same chain id first, keep theirs."""
+        try:
+            os.rename(staging, self.path(chain_id))
+        except OSError:
+            if not self.exists(chain_id):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def retire(self, chain_id: str) -> Path | None:
+        """Move a layer out of sight at once (an atomic rename); delete the returned path later."""
+        target = self.trash / uuid.uuid4().hex
+        try:
+            os.rename(self.path(chain_id), target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    # --- container root filesystems -------------------------------------------------------------------
+
+    def _rootfs(self, container_id: str) -> Path:
+        if not container_id or "/" in container_id or container_id.startswith("."):
+            raise ValueError(f"bad container id {container_id!r}")
+        return self.rootfs_root / container_id
+
+    def rootfs_references(self) -> set[str]:
+        """Chain ids used by prepared root filesystems (kept by garbage collection)."""
+        used: set[str] = set()
+        for directory in self.rootfs_root.iterdir() if self.rootfs_root.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                used.update(json.loads((directory / "layers.json").read_text()))
+        return used
+
+    async def prepare_rootfs(self, container_id: str, chain_ids: list[str]) -> Path:
+        """Mount an overlay of the layers ``chain_ids`` (bottom first) with a private writable layer.
+
+        Returns the mountpoint ``<rootfs>/<id>/merged``. The snapshots must exist (they are the image's)."""
+        base = self._rootfs(container_id)
+        base.mkdir(mode=0o700)
+        (base / "layers.json").write_text(json.dumps(chain_ids))  # from now on GC keeps these layers
+        missing = [c for c in chain_ids if not self.exists(c)]
+        if missing:
+            shutil.rmtree(base)
+            raise NotFound(f"layers {missing} of the image are not on this node")
+        for name in ("upper", "work", "merged"):
+            (base / name).mkdir(mode=0o755)
+        lower = ":".join(_hex(c) for c in reversed(chain_ids))
+        if not lower:  # an image without layers: overlayfs still needs a lower directory
+            (base / "empty").mkdir(mode=0o755)
+            lower = str(base / "empty")
+        options = f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'},index=off"
+        if len(options) > MAX_MOUNT_OPTIONS:
+            shutil.rmtree(base)
+            raise FailedPrecondition(f"the image has too many layers ({len(chain_ids)}) for one overlay mount")
+        # Relative lower dirs (resolved against the snapshot root) keep the option string short.
+        code, output = await _run("mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged"),
+                                  cwd=self.root)
+        if code:
+            shutil.rmtree(base)
+            raise FailedPrecondition(f"cannot mount the rootfs of {container_id}: {output}")
+        return base / "merged"
+
+    def rootfs_usage(self, container_id: str) -> tuple[int, int]:
+        """(bytes, inodes) of a rootfs' writable layer. Walks the tree: run it in a thread."""
+        upper = self._rootfs(container_id) / "upper"
+        if not upper.is_dir():
+            raise NotFound(f"no rootfs for {container_id}")
+        return disk_usage(str(upper))
+
+    async def remove_rootfs(self, container_id: str) -> None:
+        """Unmount and delete a rootfs; removing one that does not exist is fine."""
+        base = self._rootfs(container_id)
+        if not base.exists():
+            return
+        merged = base / "merged"
+        if os.path.ismount(merged):
+            code, output = await _run("umount", str(merged))
+            if code:
+                code, output = await _run("umount", "-l", str(merged))
+                if code:
+                    raise FailedPrecondition(f"cannot unmount the rootfs of {container_id}: {output}")
+        await asyncio.to_thread(shutil.rmtree, base)

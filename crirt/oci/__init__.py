@@ -1,0 +1,1 @@
+"""OCI runtime spec generation: pure functions from crirt's decisions to ``config.json`` documents."""

@@ -1,0 +1,31 @@
+"""The one thing pod sandboxes need from containers: stop or remove all of a pod's containers.
+
+StopPodSandbox and RemovePodSandbox call this interface first. The containers service (a later issue)
+implements it over its own table and shims; until then ``NoContainers`` stands in: no container can exist
+yet, so there is nothing to stop or remove.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class PodContainers(Protocol):
+    """Containers of a pod, as the sandbox lifecycle needs them."""
+
+    async def stop_all(self, sandbox_id: str, grace: float) -> None:
+        """Stop every running container of the pod: its stop signal, ``grace`` seconds, then SIGKILL.
+        Must be idempotent and must finish (or raise) even when containers ignore SIGTERM."""
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        """Remove every container of the pod, forcibly (stopping with SIGKILL first if needed)."""
+
+
+class NoContainers:
+    """The stand-in until containers exist: there is never anything to stop or remove."""
+
+    async def stop_all(self, sandbox_id: str, grace: float) -> None:
+        return None
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        return None

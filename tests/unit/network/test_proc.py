@@ -1,0 +1,76 @@
+"""crirt.network.proc: output, exit codes, stdin from a file descriptor, time limits and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from crirt.network import proc
+
+
+def test_output_and_exit_code() -> None:
+    done = asyncio.run(proc.run(["sh", "-c", "echo out; echo err >&2; exit 3"]))
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_large_output_and_stdin_fd() -> None:
+    fd = os.memfd_create("input")
+    os.write(fd, b"x" * 300_000)
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        done = asyncio.run(proc.run(["cat"], stdin=fd))
+    finally:
+        os.close(fd)
+    assert done.stdout == b"x" * 300_000
+
+
+def test_environment_is_exactly_the_one_given() -> None:
+    done = asyncio.run(proc.run(["/usr/bin/env"], env={"ONLY": "this"}))
+    assert done.stdout == b"ONLY=this\n"
+
+
+def test_time_limit_kills() -> None:
+    started = time.monotonic()
+    with pytest.raises(proc.ProcessTimeout, match=r"ran longer than 0\.2s"):
+        asyncio.run(proc.run(["sleep", "10"], time_limit=0.2))
+    assert time.monotonic() - started < 5
+
+
+def test_missing_binary_is_oserror() -> None:
+    with pytest.raises(OSError):
+        asyncio.run(proc.run(["/nonexistent/binary"]))
+
+
+def test_cancellation_lets_the_process_finish_within_the_grace(tmp_path) -> None:
+    marker = tmp_path / "finished"
+
+    async def cancel() -> None:
+        task = asyncio.ensure_future(proc.run(["sh", "-c", f"sleep 0.4; touch {marker}"], grace=5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert marker.exists()
+
+    asyncio.run(cancel())
+
+
+def test_cancellation_kills_after_the_grace() -> None:
+    async def cancel() -> float:
+        task = asyncio.ensure_future(proc.run(["sleep", "10"], grace=0.2))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert asyncio.run(cancel()) < 3
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert uvloop.run(proc.run(["echo", "hi"])).stdout == b"hi\n"
