@@ -4,16 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
-# Debian packages crirt and its tests use; only the missing ones are installed.
-APT_PACKAGES ?= runc conmon busybox-static containernetworking-plugins iproute2 iptables catatonit util-linux docker-registry skopeo containerd
+# Debian packages crirt runs with, and those only its tests and benchmarks use; only missing ones are installed.
+RUNTIME_PACKAGES ?= runc conmon containernetworking-plugins iproute2 iptables catatonit util-linux
+TEST_PACKAGES ?= busybox-static docker-registry skopeo containerd
 CONFIG ?=
 PYTEST_ARGS ?=
 
 .PHONY: serve test proto bench system venv clean
 
+serve: APT_PACKAGES = $(RUNTIME_PACKAGES)
 serve: system venv
 	$(VENV)/bin/crirt serve $(if $(CONFIG),--config $(CONFIG))
 
+test: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
 test: system venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -22,6 +25,7 @@ proto: venv
 
 BENCHES ?= list_containers pull sandbox
 
+bench: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
 bench: system venv
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
 
