@@ -33,3 +33,7 @@ class Unimplemented(CrirtError):
 
 class Unavailable(CrirtError):
     """crirt cannot serve the request right now (e.g. it is shutting down)."""
+
+
+class DeadlineExceeded(CrirtError):
+    """An operation with its own time limit (such as ExecSync's timeout) ran out of time."""

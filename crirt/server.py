@@ -25,6 +25,7 @@ from crirt.api.frontend import Frontend, Limits
 from crirt.bus import Bus, MetricsMiddleware, logging_middleware
 from crirt.config import Config
 from crirt.containers.queries import ContainerQueries
+from crirt.containers.service import ContainerService
 from crirt.images.service import ImageService
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
@@ -51,6 +52,7 @@ class App:
     frontend: Frontend
     sandboxes: SandboxService
     images: ImageService
+    containers: ContainerService
 
 
 def build_app(config: Config) -> App:
@@ -69,9 +71,12 @@ def build_app(config: Config) -> App:
     sandboxes.register(bus)
     images = ImageService(config, store)
     images.register(bus)
+    containers = ContainerService(config, store, bus, registry, sandboxes, images)
+    containers.register(bus)
+    sandboxes.containers = containers
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
     frontend = Frontend(bus, limits, hot_path_encoders())
-    return App(config, store, bus, registry, metrics, frontend, sandboxes, images)
+    return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers)
 
 
 async def _socket_is_live(path: Path) -> bool:
@@ -119,6 +124,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         setup(app)
     await app.registry.probe_features()
     await app.sandboxes.start()  # default network, then finish what a crash left, before serving
+    await app.containers.resume()
     serving = ServiceStatus()
     serving.set(True)
     server = Server(_services(app, serving), codec=PassThroughCodec())
@@ -149,6 +155,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+        await app.containers.close()
         await app.sandboxes.close()
         await app.registry.close()
         app.store.close()

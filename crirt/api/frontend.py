@@ -40,6 +40,7 @@ STATUS_OF: dict[type[errors.CrirtError], Status] = {
     errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
     errors.Unimplemented: Status.UNIMPLEMENTED,
     errors.Unavailable: Status.UNAVAILABLE,
+    errors.DeadlineExceeded: Status.DEADLINE_EXCEEDED,
 }
 
 

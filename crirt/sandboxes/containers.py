@@ -1,8 +1,8 @@
 """The one thing pod sandboxes need from containers: stop or remove all of a pod's containers.
 
-StopPodSandbox and RemovePodSandbox call this interface first. The containers service (a later issue)
-implements it over its own table and shims; until then ``NoContainers`` stands in: no container can exist
-yet, so there is nothing to stop or remove.
+StopPodSandbox and RemovePodSandbox call this interface first. ``crirt.containers.service.ContainerService``
+implements it; ``build_app`` hands it to the sandbox service. ``NoContainers`` is what a sandbox service built
+without one uses: nothing to stop or remove.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from google.protobuf.message import Message
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "ListContainers", "StreamContainers",
                "ListPodSandbox", "StreamPodSandboxes", "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox",
                "PodSandboxStatus", "UpdatePodSandboxResources",
-               "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo"}
+               "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
+               "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
+               "ExecSync", "ReopenContainerLog", "GetContainerEvents"}
 
 
 def all_rpcs(pb: ModuleType) -> list[tuple[str, str, bool, type[Message], type[Message]]]:

@@ -5,11 +5,13 @@ its allocations in its own directory and nothing touches the host's /etc/cni/net
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -136,6 +138,7 @@ class BridgeNetwork:
     def cleanup(self, state_dir: Path | None = None) -> None:
         """Remove everything of this network from the host, whatever a failed test left."""
         if state_dir is not None:
+            kill_containers_under(state_dir)
             for point in reversed(_mounts_under(state_dir)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
         out = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
@@ -149,6 +152,20 @@ class BridgeNetwork:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(HOST_LOCAL_DIR / self.name, ignore_errors=True)
+
+
+def kill_containers_under(state_dir: Path) -> None:
+    """Delete every runc container whose runc root lies under ``state_dir`` and kill its conmon.
+
+    Containers outlive the daemon by design (conmon is not its child), so a test that fails before removing
+    its pods would otherwise leave them running."""
+    for root in state_dir.glob("shims/*/runc-root"):
+        listing = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
+        for container_id in listing.stdout.split():
+            subprocess.run(["runc", "--root", str(root), "delete", "--force", container_id], capture_output=True)
+    for pidfile in state_dir.glob("shims/*/containers/*/conmon.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
 HOST_CHAINS = {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}

@@ -1,0 +1,475 @@
+"""The container lifecycle: CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
+ExecSync, ReopenContainerLog and GetContainerEvents, and the ``PodContainers`` the sandbox service uses.
+
+Rules this module keeps:
+- CreateContainer checks what it can before making anything, and undoes everything it made when a later
+  step fails (rootfs, bundle, task, name reservation), shielded from the caller's cancellation.
+- A container name (sandbox, name, attempt) is reserved from CreateContainer until RemoveContainer.
+- Records are written before the event that reports them is published.
+- One exit watcher per running container awaits ``shim.wait`` and records the exit; StopContainer records
+  the same exit itself. Whichever comes first moves the record to EXITED; the other does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from crirt.bus import Bus
+from crirt.commands.containers import (
+    ContainerStatusCommand,
+    ContainerStatusResult,
+    CreateContainerCommand,
+    CreateContainerResult,
+    RemoveContainerCommand,
+    RemoveContainerResult,
+    ReopenContainerLogCommand,
+    ReopenContainerLogResult,
+    StartContainerCommand,
+    StartContainerResult,
+    StopContainerCommand,
+    StopContainerResult,
+)
+from crirt.commands.runtime import GetContainerEventsCommand, GetContainerEventsResult
+from crirt.commands.sandboxes import PodSandboxStatusCommand
+from crirt.commands.streaming import ExecSyncCommand, ExecSyncResult
+from crirt.config import Config
+from crirt.containers.queries import CONTAINERS
+from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name_key
+from crirt.errors import AlreadyExists, CrirtError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from crirt.images.service import ImageService
+from crirt.model.container import Container
+from crirt.model.enums import ContainerEventType, ContainerState, PodSandboxState, Signal
+from crirt.oci.devices import devices_at, host_devices
+from crirt.oci.host import HostFacts, detect_host_facts
+from crirt.oci.mounts import PodFiles, resolve_host_paths
+from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
+from crirt.oci.user import read_image_file, resolve_user
+from crirt.sandboxes.records import SandboxRecord
+from crirt.sandboxes.service import SandboxService
+from crirt.shim.contract import CreateTask, ExecProcess, ExitStatus, Shim, Stdio
+from crirt.shim.registry import ShimRegistry
+from crirt.store import Store, Table
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+"""Bytes of ExecSync output kept, stdout and stderr together (the kubelet's limit)."""
+KILL_WAIT = 10.0
+"""Seconds to wait for a container to die after SIGKILL."""
+RUNNING = ContainerState.CONTAINER_RUNNING
+
+
+def stop_signal(record: ContainerRecord) -> int:
+    """The signal StopContainer sends first: the request's, else the image's ``StopSignal``, else SIGTERM."""
+    if record.config.stop_signal != Signal.RUNTIME_DEFAULT:
+        return int(getattr(signal, record.config.stop_signal.name))
+    text = record.stop_signal.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if text:
+        found = getattr(signal, text if text.startswith("SIG") else f"SIG{text}", None)
+        if isinstance(found, int):
+            return int(found)
+        log.warning("container %s: unknown image StopSignal %r, using SIGTERM", record.id, record.stop_signal)
+    return int(signal.SIGTERM)
+
+
+def cap_output(stdout: bytes, stderr: bytes, limit: int = EXEC_OUTPUT_LIMIT) -> tuple[bytes, bytes]:
+    """Keep at most ``limit`` bytes of output in all, stdout first."""
+    stdout = stdout[:limit]
+    return stdout, stderr[:limit - len(stdout)]
+
+
+class ContainerService:
+    """Owns the containers: their records, root filesystems, bundles, tasks and exit watchers."""
+
+    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry, sandboxes: SandboxService,
+                 images: ImageService) -> None:
+        self.config = config
+        self.bus = bus
+        self.registry = registry
+        self.sandboxes = sandboxes
+        self.images = images
+        self.bundles = config.state / "containers"
+        self.records: Table[ContainerRecord] = store.table(RECORDS, ContainerRecord)
+        self.listing: Table[Container] = store.table(CONTAINERS, Container)
+        self._names = {r.name_key: r.id for r in self.records}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._host: HostFacts | None = None
+
+    def register(self, bus: Bus) -> None:
+        bus.register(CreateContainerCommand, self.create)
+        bus.register(StartContainerCommand, self.start)
+        bus.register(StopContainerCommand, self.stop)
+        bus.register(RemoveContainerCommand, self.remove)
+        bus.register(ContainerStatusCommand, self.status)
+        bus.register(ExecSyncCommand, self.exec_sync)
+        bus.register(ReopenContainerLogCommand, self.reopen_log)
+        bus.register(GetContainerEventsCommand, self.events)
+
+    async def resume(self) -> None:
+        """Watch the containers that were running when crirt last stopped, and list every record (a crash
+        between writing a record and its listing leaves a record unlisted; never a listing without a record,
+        since a listing is deleted before its record)."""
+        for record in self.records:
+            self._sync_listing(record)
+            if record.state == RUNNING:
+                self._watch(record)
+
+    async def close(self) -> None:
+        """Stop the exit watchers (the containers keep running)."""
+        for task in self._watchers.values():
+            task.cancel()
+        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        self._watchers.clear()
+
+    # ---- lookups and writes -----------------------------------------------------------------------------
+
+    def _find(self, wanted: str) -> ContainerRecord | None:
+        """The container with id ``wanted`` or the one whose id starts with it (crictl's short ids)."""
+        record = self.records.get(wanted)
+        if record is not None:
+            return record
+        matches = [r for r in self.records if r.id.startswith(wanted)]
+        if len(matches) > 1:
+            raise InvalidArgument(f"container id prefix {wanted!r} is ambiguous: it matches {len(matches)} containers")
+        return matches[0] if matches else None
+
+    def _get(self, wanted: str) -> ContainerRecord:
+        record = self._find(wanted)
+        if record is None:
+            raise NotFound(f"container {wanted!r} not found")
+        return record
+
+    def _sandbox(self, wanted: str) -> SandboxRecord | None:
+        record = self.sandboxes.records.get(wanted)
+        if record is None:
+            matches = [r for r in self.sandboxes.records if r.id.startswith(wanted)]
+            record = matches[0] if len(matches) == 1 else None
+        return record if record is not None and record.listed else None
+
+    def _put(self, record: ContainerRecord) -> ContainerRecord:
+        """Write the record (first: it is the truth), then the listing when it changed."""
+        self.records.put(record.id, record)
+        self._sync_listing(record)
+        return record
+
+    def _sync_listing(self, record: ContainerRecord) -> None:
+        """Replace the listed container only when it changed, so the hot path's cache stays valid."""
+        listing = record.listing()
+        if self.listing.get(record.id) != listing:
+            self.listing.put(record.id, listing)
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def _host_facts(self) -> HostFacts:
+        if self._host is None:
+            self._host = detect_host_facts(rro_mounts=False)
+        return self._host
+
+    async def _publish(self, record: ContainerRecord, kind: ContainerEventType) -> None:
+        """Publish a container event with the pod's status and the statuses of the pod's containers."""
+        try:
+            pod = (await self.sandboxes.status(PodSandboxStatusCommand(pod_sandbox_id=record.sandbox_id))).status
+        except CrirtError:
+            pod = None
+        statuses = [r.status() for r in self.records if r.sandbox_id == record.sandbox_id]
+        self.bus.publish(GetContainerEventsResult(container_id=record.id, container_event_type=kind,
+                                                  created_at=time.time_ns(), pod_sandbox_status=pod,
+                                                  containers_statuses=statuses))
+
+    # ---- CreateContainer ----------------------------------------------------------------------------------
+
+    async def create(self, command: CreateContainerCommand) -> CreateContainerResult:
+        """Prepare the rootfs, bundle and task of a new container (not started); undo all of it on failure."""
+        sandbox = self._sandbox(command.pod_sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
+        if sandbox.state != PodSandboxState.SANDBOX_READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        config = command.config
+        image_text = config.image.image if config.image else ""
+        if not image_text:
+            raise InvalidArgument("config.image.image: an image is required")
+        match = self.images.records.find(image_text)
+        if match is None:
+            raise NotFound(f"image {image_text!r} not found: pull it first")
+        image = match.record
+        shim = self.registry.resolve(sandbox.runtime_handler)
+        key = name_key(sandbox.id, config)
+        existing = self._names.get(key)
+        if existing is not None:
+            raise AlreadyExists(f"container name {key!r} (sandbox/name/attempt) is reserved for container "
+                                f"{existing}; remove it first or use another attempt")
+        container_id = secrets.token_hex(32)
+        self._names[key] = container_id
+        made: list[str] = []
+        try:
+            record = await self._make(container_id, sandbox, command, shim, image_text, image.id,
+                                      image.repo_digests[0] if image.repo_digests else image.id,
+                                      image.chain_ids, made)
+        except BaseException as exc:
+            log.info("CreateContainer %s failed, undoing: %s", key, exc or type(exc).__name__)
+            undo = asyncio.ensure_future(self._undo_create(container_id, shim, made))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(undo)
+            if self._names.get(key) == container_id:
+                del self._names[key]
+            raise
+        await self._publish(record, ContainerEventType.CONTAINER_CREATED_EVENT)
+        return CreateContainerResult(container_id=container_id)
+
+    async def _make(self, container_id: str, sandbox: SandboxRecord, command: CreateContainerCommand, shim: Shim,
+                    image_text: str, image_id: str, repo_digest: str, chain_ids: list[str],
+                    made: list[str]) -> ContainerRecord:
+        config = command.config
+        image_config: dict[str, Any] = json.loads(self.images.content.read(image_id)).get("config") or {}
+        made.append("rootfs")
+        rootfs = await self.images.snapshots.prepare_rootfs(container_id, chain_ids)
+        passwd, group = await asyncio.to_thread(lambda: (read_image_file(rootfs, "/etc/passwd"),
+                                                         read_image_file(rootfs, "/etc/group")))
+        context = security_context(config)
+        user = resolve_user(context, str(image_config.get("User") or ""), passwd, group)
+        paths = self.sandboxes.paths(sandbox.id)
+        pid_ns = None
+        if sandbox.infra:
+            infra = await self.sandboxes.infra.state(sandbox.runtime_handler, sandbox.id)
+            if infra is not None and infra.pid:
+                pid_ns = f"/proc/{infra.pid}/ns/pid"
+        kinds = set(sandbox.pinned)
+        namespaces = PodNamespaces(
+            network=str(paths.namespace("net")) if "net" in kinds else None,
+            ipc=str(paths.namespace("ipc")) if "ipc" in kinds else None,
+            uts=str(paths.namespace("uts")) if "uts" in kinds else None, pid=pid_ns)
+        pod_files = PodFiles(
+            hostname=str(paths.hostname) if paths.hostname.exists() else None,
+            hosts=str(paths.hosts) if paths.hosts.exists() else None,
+            resolv_conf=str(paths.resolv_conf) if paths.resolv_conf.exists() else None,
+            shm=str(paths.shm) if sandbox.shm else None)
+        spec = container_spec(SpecInputs(
+            container_id=container_id, sandbox_id=sandbox.id, config=config, sandbox_config=sandbox.config,
+            image_name=image_text, image_config=image_config, user=user, rootfs=str(rootfs),
+            hostname=sandbox.hostname, namespaces=namespaces, pod_files=pod_files,
+            cgroup_driver=self.config.cgroup_driver, cgroup_parent=sandbox.cgroup_parent, host=self._host_facts(),
+            host_paths=resolve_host_paths(config.mounts),
+            devices={d.host_path: devices_at(d.host_path) for d in config.devices},
+            host_devices=host_devices() if context.privileged else ()))
+        bundle = self.bundles / container_id
+        made.append("bundle")
+        bundle.mkdir(parents=True)
+        (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+        log_path = ""
+        if sandbox.config.log_directory and config.log_path:
+            log_path = os.path.join(sandbox.config.log_directory, config.log_path)
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        made.append("task")
+        await shim.create(CreateTask(
+            id=container_id, sandbox_id=sandbox.id, bundle=bundle, annotations=spec["annotations"],
+            stdio=Stdio(log_path=Path(log_path) if log_path else None, stdin=config.stdin,
+                        stdin_once=config.stdin_once, terminal=config.tty)))
+        record = ContainerRecord(
+            id=container_id, sandbox_id=sandbox.id, config=config, runtime_handler=sandbox.runtime_handler,
+            image_ref=image_text, image_id=image_id, repo_digest=repo_digest,
+            stop_signal=str(image_config.get("StopSignal") or ""), bundle=str(bundle), log_path=log_path,
+            created_at=time.time_ns(), uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids))
+        return self._put(record)
+
+    async def _undo_create(self, container_id: str, shim: Shim, made: list[str]) -> None:
+        """Remove what a failed CreateContainer made, newest first."""
+        if container_id in self.records:
+            self.listing.delete(container_id)
+            self.records.delete(container_id)
+        if "task" in made:
+            await shim.delete(container_id)
+        if "bundle" in made:
+            await asyncio.to_thread(shutil.rmtree, self.bundles / container_id, True)
+        if "rootfs" in made:
+            await self.images.snapshots.remove_rootfs(container_id)
+
+    # ---- StartContainer ---------------------------------------------------------------------------------------
+
+    async def start(self, command: StartContainerCommand) -> StartContainerResult:
+        """Start a CREATED container and watch for its exit."""
+        found = self._get(command.container_id)
+        async with self._lock(found.id):
+            record = self._get(found.id)
+            if record.state != ContainerState.CONTAINER_CREATED:
+                raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
+            shim = self.registry.resolve(record.runtime_handler)
+            try:
+                await shim.start(record.id)
+            except CrirtError as exc:
+                self._put(record.model_copy(update={
+                    "state": ContainerState.CONTAINER_EXITED, "finished_at": time.time_ns(), "exit_code": 128,
+                    "reason": "StartError", "message": str(exc)}))
+                raise
+            record = self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns()}))
+            self._watch(record)
+        await self._publish(record, ContainerEventType.CONTAINER_STARTED_EVENT)
+        return StartContainerResult()
+
+    def _watch(self, record: ContainerRecord) -> None:
+        task = asyncio.get_running_loop().create_task(self._watch_exit(record.id, record.runtime_handler))
+        self._watchers[record.id] = task
+        task.add_done_callback(lambda t: self._watchers.pop(record.id, None) if self._watchers.get(record.id) is t
+                               else None)
+
+    async def _watch_exit(self, container_id: str, handler: str) -> None:
+        try:
+            status = await self.registry.resolve(handler).wait(container_id)
+        except CrirtError as exc:
+            log.warning("watching container %s: %s", container_id, exc)
+            return
+        await self._exited(container_id, status)
+
+    async def _exited(self, container_id: str, status: ExitStatus) -> None:
+        """Record the exit of a running container and publish it; nothing when already recorded."""
+        record = self.records.get(container_id)
+        if record is None or record.state != RUNNING:
+            return
+        record = self._put(record.model_copy(update={
+            "state": ContainerState.CONTAINER_EXITED, "finished_at": status.exited_at,
+            "exit_code": status.exit_code, "reason": exit_reason(status.exit_code, status.oom_killed)}))
+        await self._publish(record, ContainerEventType.CONTAINER_STOPPED_EVENT)
+
+    # ---- StopContainer / RemoveContainer ------------------------------------------------------------------------
+
+    async def stop(self, command: StopContainerCommand) -> StopContainerResult:
+        """Send the stop signal, wait ``timeout`` seconds, then SIGKILL. Stopping an exited container is fine."""
+        found = self._get(command.container_id)
+        async with self._lock(found.id):
+            await self._stop(found.id, float(command.timeout))
+        return StopContainerResult()
+
+    async def _stop(self, container_id: str, grace: float) -> None:
+        """Stop a running container (the caller holds its lock)."""
+        record = self.records.get(container_id)
+        if record is None or record.state != RUNNING:
+            return
+        shim = self.registry.resolve(record.runtime_handler)
+        status: ExitStatus | None = None
+        if grace > 0:
+            await shim.kill(container_id, stop_signal(record))
+            with contextlib.suppress(TimeoutError):
+                status = await asyncio.wait_for(shim.wait(container_id), grace)
+        if status is None:
+            await shim.kill(container_id, signal.SIGKILL, all_processes=True)
+            try:
+                status = await asyncio.wait_for(shim.wait(container_id), KILL_WAIT)
+            except TimeoutError:
+                raise CrirtError(f"container {container_id} did not die within {KILL_WAIT:.0f}s of SIGKILL") from None
+        await self._exited(container_id, status)
+
+    async def remove(self, command: RemoveContainerCommand) -> RemoveContainerResult:
+        """Remove a container, killing it first if it runs. Removing an unknown container is fine."""
+        record = self._find(command.container_id)
+        if record is not None:
+            await self._remove(record.id)
+        return RemoveContainerResult()
+
+    async def _remove(self, container_id: str) -> None:
+        async with self._lock(container_id):
+            record = self.records.get(container_id)
+            if record is None:
+                return
+            await self._stop(container_id, 0)
+            watcher = self._watchers.pop(container_id, None)
+            if watcher is not None:
+                watcher.cancel()
+            await self.registry.resolve(record.runtime_handler).delete(container_id)
+            await self.images.snapshots.remove_rootfs(container_id)
+            await asyncio.to_thread(shutil.rmtree, record.bundle, True)
+            self.listing.delete(container_id)
+            self.records.delete(container_id)
+            if self._names.get(record.name_key) == container_id:
+                del self._names[record.name_key]
+        self._locks.pop(container_id, None)
+        await self._publish(record, ContainerEventType.CONTAINER_DELETED_EVENT)
+
+    # ---- PodContainers (for the sandbox service) ---------------------------------------------------------------
+
+    async def stop_all(self, sandbox_id: str, grace: float) -> None:
+        """Stop every running container of the pod: stop signal, ``grace`` seconds, then SIGKILL."""
+        ids = [r.id for r in self.records if r.sandbox_id == sandbox_id and r.state == RUNNING]
+        await asyncio.gather(*(self._stop_locked(i, grace) for i in ids))
+
+    async def _stop_locked(self, container_id: str, grace: float) -> None:
+        async with self._lock(container_id):
+            await self._stop(container_id, grace)
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        """Remove every container of the pod, killing those still running."""
+        ids = [r.id for r in self.records if r.sandbox_id == sandbox_id]
+        await asyncio.gather(*(self._remove(i) for i in ids))
+
+    # ---- ContainerStatus / ExecSync / ReopenContainerLog / GetContainerEvents -----------------------------------
+
+    async def status(self, command: ContainerStatusCommand) -> ContainerStatusResult:
+        record = self._get(command.container_id)
+        info = {"info": json.dumps(await self._verbose(record))} if command.verbose else {}
+        return ContainerStatusResult(status=record.status(), info=info)
+
+    async def _verbose(self, record: ContainerRecord) -> dict[str, Any]:
+        pid = 0
+        with contextlib.suppress(CrirtError):
+            pid = (await self.registry.resolve(record.runtime_handler).state(record.id)).pid
+        try:
+            spec = json.loads(Path(record.bundle, "config.json").read_text())
+        except (OSError, ValueError):
+            spec = None
+        return {"sandboxID": record.sandbox_id, "pid": pid, "runtimeHandler": record.runtime_handler,
+                "bundle": record.bundle, "imageRef": record.image_ref, "imageId": record.image_id,
+                "config": record.config.model_dump(mode="json"), "runtimeSpec": spec}
+
+    async def exec_sync(self, command: ExecSyncCommand) -> ExecSyncResult:
+        """Run a command in a running container to completion (or its timeout, then DEADLINE_EXCEEDED)."""
+        record = self._get(command.container_id)
+        if record.state != RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        spec = json.loads(await asyncio.to_thread(Path(record.bundle, "config.json").read_text))
+        process = {**spec["process"], "args": list(command.cmd), "terminal": False}
+        shim = self.registry.resolve(record.runtime_handler)
+        result = await shim.exec_sync(record.id, ExecProcess(exec_id=secrets.token_hex(16), process=process),
+                                      float(command.timeout) if command.timeout > 0 else None)
+        if result.timed_out:
+            raise DeadlineExceeded(f"timeout {command.timeout}s exceeded: context deadline exceeded")
+        stdout, stderr = cap_output(result.stdout, result.stderr)
+        return ExecSyncResult(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
+
+    async def reopen_log(self, command: ReopenContainerLogCommand) -> ReopenContainerLogResult:
+        """Ask the container's conmon to reopen its log file (control fifo message ``2 0 0``)."""
+        record = self._get(command.container_id)
+        if record.state != RUNNING:
+            raise FailedPrecondition(f"container {record.id} is not running")
+        ctl = Path(record.bundle, "ctl")
+        try:
+            fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            why = "nobody reads it" if exc.errno == errno.ENXIO else exc.strerror
+            raise FailedPrecondition(f"cannot reopen the log of container {record.id}: its runtime handler "
+                                     f"{record.runtime_handler!r} has no usable control fifo {ctl} ({why})") from None
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+        return ReopenContainerLogResult()
+
+    async def events(self, command: GetContainerEventsCommand) -> AsyncIterator[GetContainerEventsResult]:
+        """Container lifecycle events from now on, until the caller goes away."""
+        async for event in self.bus.subscribe("GetContainerEvents"):
+            if isinstance(event, GetContainerEventsResult):
+                yield event

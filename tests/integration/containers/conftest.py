@@ -1,0 +1,53 @@
+"""A crirt daemon on a private bridge network, and a local registry serving a runnable busybox image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from support.daemon import Daemon, start_daemon
+from support.images import Layout, busybox_layer, push, unmount_under
+from support.network import BridgeNetwork
+from support.registry import start_registry
+
+
+@dataclass
+class ContainerEnv:
+    """The daemon, its network, the stubs and the test image's reference."""
+
+    daemon: Daemon
+    net: BridgeNetwork
+    base: Path
+    runtime: Any
+    images: Any
+    pb: ModuleType
+    image: str
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[ContainerEnv]:
+    """One registry, daemon and network per module; the module checks that nothing is left running."""
+    base = tmp_path_factory.mktemp("containers")
+    registry = start_registry(base / "registry")
+    net = BridgeNetwork(base / "d" / "cni")
+    daemon = None
+    try:
+        layout = Layout(base / "layout")
+        layout.tag(layout.image([(busybox_layer().bytes(), "gzip")]), "busybox")
+        image = f"{registry.host}/library/busybox:1"
+        push(layout, "busybox", image)
+        net.write()
+        daemon = start_daemon(base / "d", cni_config="default_network = false\n", registries="")
+        with daemon.channel() as channel:
+            yield ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
+                               pb.grpc.ImageServiceStub(channel), pb, image)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        net.cleanup(base / "d" / "state")
+        unmount_under(base)
+        registry.stop()
