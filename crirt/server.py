@@ -26,6 +26,7 @@ from crirt.bus import Bus, MetricsMiddleware, logging_middleware
 from crirt.config import Config
 from crirt.containers.queries import ContainerQueries
 from crirt.containers.service import ContainerService
+from crirt.containers.stats import StatsService
 from crirt.images.service import ImageService
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
@@ -74,6 +75,7 @@ def build_app(config: Config) -> App:
     containers = ContainerService(config, store, bus, registry, sandboxes, images)
     containers.register(bus)
     sandboxes.containers = containers
+    StatsService(containers, registry, sandboxes, images.snapshots).register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
     frontend = Frontend(bus, limits, hot_path_encoders())
     return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers)

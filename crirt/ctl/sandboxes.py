@@ -87,8 +87,16 @@ def normalize(data: dict[str, Any], model_type: type[BaseModel], where: str = ""
     return out
 
 
+M = typing.TypeVar("M", bound=BaseModel)
+
+
 def load_sandbox_config(path: Path) -> model.PodSandboxConfig:
     """Read and validate a crictl sandbox config file."""
+    return load_config(path, model.PodSandboxConfig)
+
+
+def load_config(path: Path, model_type: type[M]) -> M:
+    """Read and validate a crictl config file (sandbox or container) as ``model_type``."""
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -98,7 +106,7 @@ def load_sandbox_config(path: Path) -> model.PodSandboxConfig:
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: must be a JSON object")
     try:
-        return model.PodSandboxConfig.model_validate(normalize(data, model.PodSandboxConfig))
+        return model_type.model_validate(normalize(data, model_type))
     except ConfigFileError as exc:
         raise ConfigFileError(f"{path}: {exc}") from None
     except ValidationError as exc:

@@ -12,7 +12,8 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Lis
                "PodSandboxStatus", "UpdatePodSandboxResources",
                "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
                "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
-               "ExecSync", "ReopenContainerLog", "GetContainerEvents"}
+               "ExecSync", "ReopenContainerLog", "GetContainerEvents",
+               "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats"}
 
 
 def all_rpcs(pb: ModuleType) -> list[tuple[str, str, bool, type[Message], type[Message]]]:
