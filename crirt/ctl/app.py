@@ -6,9 +6,10 @@ Each family of verbs lives in its own module (``crirt/ctl/runtime.py``, ...) and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from grpclib.client import Channel
@@ -64,3 +65,31 @@ def _run(endpoint: str, timeout: float, call: Callable[[Channel], Awaitable[T]])
     except (OSError, TimeoutError) as exc:
         typer.echo(f"crirt ctl: cannot reach {endpoint}: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a usage or input error crictl-style; raise the returned Exit (code 1)."""
+    typer.echo(f"crirt ctl: {message}", err=True)
+    return typer.Exit(1)
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Print rows as left-aligned columns separated by three spaces, as crictl does."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def print_listing(items: Sequence[Any], json_key: str, quiet: bool, output: str, header: tuple[str, ...],
+                  row: Callable[[Any], tuple[str, ...]]) -> None:
+    """Print listed objects as crictl does: ids only (-q), JSON (-o json) or a table (-o table)."""
+    if quiet:
+        for item in items:
+            typer.echo(item.id)
+        return
+    if output == "json":
+        typer.echo(json.dumps({json_key: [i.to_dict(include_default_values=True) for i in items]}, indent=2))
+        return
+    if output != "table":
+        raise fail(f"--output {output!r}: expected table or json")
+    print_table([header, *(row(item) for item in items)])

@@ -32,8 +32,8 @@ from crirt._gen.runtime.v1 import (
     StopContainerRequest,
 )
 from crirt.api.convert import to_message
-from crirt.ctl.app import app, call_runtime
-from crirt.ctl.sandboxes import ConfigFileError, _ago, _allow_slow_calls, _fail, load_config, load_sandbox_config
+from crirt.ctl.app import app, call_runtime, fail, print_listing
+from crirt.ctl.sandboxes import ConfigFileError, _ago, _allow_slow_calls, load_config, load_sandbox_config
 from crirt.model import container as model
 
 STATES = {"created": ContainerState.CONTAINER_CREATED, "running": ContainerState.CONTAINER_RUNNING,
@@ -60,7 +60,7 @@ def create(
         config = load_config(container_config, model.ContainerConfig)
         sandbox = load_sandbox_config(pod_config)
     except ConfigFileError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     request = CreateContainerRequest(pod_sandbox_id=pod_id, config=to_message(config, ContainerConfig),
                                      sandbox_config=to_message(sandbox, PodSandboxConfig))
     _allow_slow_calls(ctx)
@@ -97,37 +97,28 @@ def ps(
     for item in label or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--label {item!r}: expected key=value")
+            raise fail(f"--label {item!r}: expected key=value")
         selector[key] = value
     filter_ = ContainerFilter(id=container_id, pod_sandbox_id=pod, label_selector=selector)
     if state:
         if state.lower() not in STATES:
-            raise _fail(f"--state {state!r}: expected one of {', '.join(STATES)}")
+            raise fail(f"--state {state!r}: expected one of {', '.join(STATES)}")
         filter_.state = ContainerStateValue(state=STATES[state.lower()])
     elif not all_states:
         filter_.state = ContainerStateValue(state=ContainerState.CONTAINER_RUNNING)
     reply = call_runtime(ctx, lambda stub: stub.list_containers(ListContainersRequest(filter=filter_)))
     items: list[Container] = sorted(reply.containers, key=lambda c: c.created_at, reverse=True)
-    if quiet:
-        for item in items:
-            typer.echo(item.id)
-        return
-    if output == "json":
-        typer.echo(json.dumps({"containers": [i.to_dict(include_default_values=True) for i in items]}, indent=2))
-        return
-    if output != "table":
-        raise _fail(f"--output {output!r}: expected table or json")
-    rows = [("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID")]
-    for item in items:
+    short = (lambda s: s) if no_trunc else (lambda s: s[:13])
+
+    def row(item: Container) -> tuple[str, ...]:
         meta = item.metadata
         image = item.image.image if item.image and item.image.image else item.image_ref
-        short = (lambda s: s) if no_trunc else (lambda s: s[:13])
-        rows.append((short(item.id), image if no_trunc or not image.startswith("sha256:") else image[7:20],
-                     _ago(item.created_at), _state_name(item.state), meta.name if meta else "",
-                     str(meta.attempt if meta else 0), short(item.pod_sandbox_id)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return (short(item.id), image if no_trunc or not image.startswith("sha256:") else image[7:20],
+                _ago(item.created_at), _state_name(item.state), meta.name if meta else "",
+                str(meta.attempt if meta else 0), short(item.pod_sandbox_id))
+
+    print_listing(items, "containers", quiet, output,
+                  ("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"), row)
 
 
 @app.command()
@@ -138,7 +129,7 @@ def inspect(
 ) -> None:
     """Show the status of containers (with the runtime's verbose info) as JSON."""
     if output not in ("json", "table"):
-        raise _fail(f"--output {output!r}: expected json or table")
+        raise fail(f"--output {output!r}: expected json or table")
     for cid in container_ids:
         reply = call_runtime(ctx, lambda stub, c=cid: stub.container_status(
             ContainerStatusRequest(container_id=c, verbose=output == "json")))
@@ -186,11 +177,11 @@ def logs(
     reply = call_runtime(ctx, lambda stub: stub.container_status(ContainerStatusRequest(container_id=container_id)))
     log_path = reply.status.log_path if reply.status else ""
     if not log_path:
-        raise _fail(f"container {container_id} has no log file")
+        raise fail(f"container {container_id} has no log file")
     try:
         entries = read_cri_log(Path(log_path), tail)
     except OSError as exc:
-        raise _fail(f"{log_path}: {exc.strerror}") from None
+        raise fail(f"{log_path}: {exc.strerror}") from None
     for stream, message in entries:
         (sys.stderr if stream == "stderr" else sys.stdout).write(message + "\n")
     sys.stdout.flush()
@@ -207,7 +198,7 @@ def exec_(
 ) -> None:
     """Run a command in a container; only synchronous exec (-s) is supported. Exits with its exit code."""
     if not sync:
-        raise _fail("only synchronous exec is supported: use exec -s (--sync)")
+        raise fail("only synchronous exec is supported: use exec -s (--sync)")
     wanted = max(ctx.obj.timeout, 60.0, timeout + 10.0)
     ctx.obj = dataclasses.replace(ctx.obj, timeout=wanted)
     reply = call_runtime(ctx, lambda stub: stub.exec_sync(
@@ -245,7 +236,7 @@ def rm(
         reply = call_runtime(ctx, lambda stub, c=cid: stub.container_status(ContainerStatusRequest(container_id=c)))
         if reply.status and reply.status.state == ContainerState.CONTAINER_RUNNING:
             if not force:
-                raise _fail(f"container {cid} is running: stop it first or use --force")
+                raise fail(f"container {cid} is running: stop it first or use --force")
             call_runtime(ctx, lambda stub, c=cid: stub.stop_container(StopContainerRequest(container_id=c)))
         call_runtime(ctx, lambda stub, c=cid: stub.remove_container(RemoveContainerRequest(container_id=c)))
         typer.echo(cid)

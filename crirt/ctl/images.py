@@ -22,7 +22,7 @@ from crirt._gen.runtime.v1 import (
     RemoveImageRequest,
 )
 from crirt.api.convert import to_message
-from crirt.ctl.app import app, call_images, call_runtime
+from crirt.ctl.app import app, call_images, call_runtime, print_table
 from crirt.ctl.sandboxes import ConfigFileError, load_sandbox_config
 
 NO_PULL_DEADLINE = 24 * 3600.0
@@ -46,12 +46,6 @@ def human_size(size: float) -> str:
 
 def _short(text: str) -> str:
     return text.removeprefix("sha256:")[:13]
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def _credentials(creds: str, auth: str, username: str, password: str) -> AuthConfig | None:
@@ -151,7 +145,7 @@ def images(
             typer.echo(_verbose(image))
         return
     header = ("IMAGE", "TAG", *(["DIGEST"] if digests else []), "IMAGE ID", "SIZE", *(["PINNED"] if pinned else []))
-    _print_table([header, *(row for image in listed for row in _rows(image, digests, no_trunc, pinned))])
+    print_table([header, *(row for image in listed for row in _rows(image, digests, no_trunc, pinned))])
 
 
 def _status(ctx: typer.Context, text: str, verbose: bool) -> Any:
@@ -243,4 +237,4 @@ def imagefsinfo(
             rows.append((kind, usage.fs_id.mountpoint if usage.fs_id else "",
                          human_size(usage.used_bytes.value if usage.used_bytes else 0),
                          str(usage.inodes_used.value if usage.inodes_used else 0)))
-    _print_table(rows)
+    print_table(rows)

@@ -33,7 +33,7 @@ from crirt._gen.runtime.v1 import (
     StopPodSandboxRequest,
 )
 from crirt.api.convert import describe_validation_error, to_message
-from crirt.ctl.app import app, call_runtime
+from crirt.ctl.app import app, call_runtime, fail, print_listing
 from crirt.model import sandbox as model
 
 
@@ -120,11 +120,6 @@ def _allow_slow_calls(ctx: typer.Context) -> None:
         ctx.obj = dataclasses.replace(ctx.obj, timeout=60.0)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"crirt ctl: {message}", err=True)
-    return typer.Exit(1)
-
-
 @app.command()
 def runp(
     ctx: typer.Context,
@@ -137,7 +132,7 @@ def runp(
     try:
         sandbox = load_sandbox_config(config)
     except ConfigFileError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     request = RunPodSandboxRequest(config=to_message(sandbox, PodSandboxConfig), runtime_handler=runtime)
     if cancel_timeout is not None:
         ctx.obj = dataclasses.replace(ctx.obj, timeout=cancel_timeout)
@@ -203,34 +198,25 @@ def pods(
     for item in label or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--label {item!r}: expected key=value")
+            raise fail(f"--label {item!r}: expected key=value")
         selector[key] = value
     filter_ = PodSandboxFilter(id=pod_id, label_selector=selector)
     if state:
         wanted = {"ready": PodSandboxState.SANDBOX_READY, "notready": PodSandboxState.SANDBOX_NOTREADY}
         if state.lower() not in wanted:
-            raise _fail(f"--state {state!r}: expected ready or notready")
+            raise fail(f"--state {state!r}: expected ready or notready")
         filter_.state = PodSandboxStateValue(state=wanted[state.lower()])
     reply = call_runtime(ctx, lambda stub: stub.list_pod_sandbox(ListPodSandboxRequest(filter=filter_)))
     items = select_pods(list(reply.items), name, namespace, latest, last)
-    if quiet:
-        for item in items:
-            typer.echo(item.id)
-        return
-    if output == "json":
-        typer.echo(json.dumps({"items": [i.to_dict(include_default_values=True) for i in items]}, indent=2))
-        return
-    if output != "table":
-        raise _fail(f"--output {output!r}: expected table or json")
-    rows = [("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME")]
-    for item in items:
+
+    def row(item: PodSandbox) -> tuple[str, ...]:
         meta = item.metadata
-        rows.append((item.id if no_trunc else item.id[:13], _ago(item.created_at), _state_name(item.state),
-                     meta.name if meta else "", meta.namespace if meta else "", str(meta.attempt if meta else 0),
-                     item.runtime_handler or "(default)"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return (item.id if no_trunc else item.id[:13], _ago(item.created_at), _state_name(item.state),
+                meta.name if meta else "", meta.namespace if meta else "", str(meta.attempt if meta else 0),
+                item.runtime_handler or "(default)")
+
+    print_listing(items, "items", quiet, output, ("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT",
+                                                  "RUNTIME"), row)
 
 
 @app.command()
@@ -254,7 +240,7 @@ def inspectp(
                        f"Annotations: {dict(status.annotations)}")
             continue
         if output != "json":
-            raise _fail(f"--output {output!r}: expected json or table")
+            raise fail(f"--output {output!r}: expected json or table")
         document: dict[str, Any] = {"status": status.to_dict(include_default_values=True) if status else {}}
         for key, value in reply.info.items():
             try:
@@ -296,13 +282,13 @@ def rmp(
     if all_pods:
         ids = [p.id for p in call_runtime(ctx, lambda stub: stub.list_pod_sandbox(ListPodSandboxRequest())).items]
     if not ids:
-        raise _fail("give pod ids, or --all")
+        raise fail("give pod ids, or --all")
     for pod_id in ids:
         if not force:
             reply = call_runtime(ctx, lambda stub, pid=pod_id: stub.pod_sandbox_status(
                 PodSandboxStatusRequest(pod_sandbox_id=pid)))
             if reply.status and reply.status.state == PodSandboxState.SANDBOX_READY:
-                raise _fail(f"pod sandbox {pod_id} is ready: stop it first (stopp) or use --force")
+                raise fail(f"pod sandbox {pod_id} is ready: stop it first (stopp) or use --force")
         else:
             call_runtime(ctx, lambda stub, pid=pod_id: stub.stop_pod_sandbox(
                 StopPodSandboxRequest(pod_sandbox_id=pid)))
