@@ -73,6 +73,17 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """Turn repeated ``--label key=value`` flags into a label selector."""
+    selector: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--label {item!r}: expected key=value")
+        selector[key] = value
+    return selector
+
+
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     """Print rows as left-aligned columns separated by three spaces, as crictl does."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -32,7 +32,7 @@ from crirt._gen.runtime.v1 import (
     StopContainerRequest,
 )
 from crirt.api.convert import to_message
-from crirt.ctl.app import app, call_runtime, fail, print_listing
+from crirt.ctl.app import app, call_runtime, fail, parse_labels, print_listing
 from crirt.ctl.sandboxes import ConfigFileError, _ago, _allow_slow_calls, load_config, load_sandbox_config
 from crirt.model import container as model
 
@@ -93,12 +93,7 @@ def ps(
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="do not shorten ids")] = False,
 ) -> None:
     """List containers (running ones unless --all or --state)."""
-    selector: dict[str, str] = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--label {item!r}: expected key=value")
-        selector[key] = value
+    selector = parse_labels(label or [])
     filter_ = ContainerFilter(id=container_id, pod_sandbox_id=pod, label_selector=selector)
     if state:
         if state.lower() not in STATES:

@@ -33,7 +33,7 @@ from crirt._gen.runtime.v1 import (
     StopPodSandboxRequest,
 )
 from crirt.api.convert import describe_validation_error, to_message
-from crirt.ctl.app import app, call_runtime, fail, print_listing
+from crirt.ctl.app import app, call_runtime, fail, parse_labels, print_listing
 from crirt.model import sandbox as model
 
 
@@ -194,12 +194,7 @@ def pods(
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="do not shorten ids")] = False,
 ) -> None:
     """List pod sandboxes."""
-    selector: dict[str, str] = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--label {item!r}: expected key=value")
-        selector[key] = value
+    selector = parse_labels(label or [])
     filter_ = PodSandboxFilter(id=pod_id, label_selector=selector)
     if state:
         wanted = {"ready": PodSandboxState.SANDBOX_READY, "notready": PodSandboxState.SANDBOX_NOTREADY}
