@@ -6,18 +6,19 @@ PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
 # Debian packages crirt runs with, and those only its tests and benchmarks use; only missing ones are installed.
 RUNTIME_PACKAGES ?= runc conmon containernetworking-plugins iproute2 iptables catatonit util-linux
-TEST_PACKAGES ?= busybox-static docker-registry skopeo containerd
+TEST_PACKAGES ?= busybox-static docker-registry skopeo containerd nodejs npm
+NODE_CLIENTS := tests/support/node
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test proto bench system venv clean
+.PHONY: serve test proto bench system venv node clean
 
 serve: APT_PACKAGES = $(RUNTIME_PACKAGES)
 serve: system venv
 	$(VENV)/bin/crirt serve $(if $(CONFIG),--config $(CONFIG))
 
 test: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
-test: system venv
+test: system venv node
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 proto: venv
@@ -45,5 +46,12 @@ system:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# The independent npm clients (SPDY/3.1, WebSocket) the streaming tests drive, at the versions the lock file pins.
+node: $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
-	rm -rf $(VENV) crirt.egg-info
+	rm -rf $(VENV) crirt.egg-info $(NODE_CLIENTS)/node_modules
