@@ -138,7 +138,7 @@ class ContainerService:
 
     # ---- lookups and writes -----------------------------------------------------------------------------
 
-    def _find(self, wanted: str) -> ContainerRecord | None:
+    def find(self, wanted: str) -> ContainerRecord | None:
         """The container with id ``wanted`` or the one whose id starts with it (crictl's short ids)."""
         record = self.records.get(wanted)
         if record is not None:
@@ -148,8 +148,8 @@ class ContainerService:
             raise InvalidArgument(f"container id prefix {wanted!r} is ambiguous: it matches {len(matches)} containers")
         return matches[0] if matches else None
 
-    def _get(self, wanted: str) -> ContainerRecord:
-        record = self._find(wanted)
+    def get(self, wanted: str) -> ContainerRecord:
+        record = self.find(wanted)
         if record is None:
             raise NotFound(f"container {wanted!r} not found")
         return record
@@ -304,9 +304,9 @@ class ContainerService:
 
     async def start(self, command: StartContainerCommand) -> StartContainerResult:
         """Start a CREATED container and watch for its exit."""
-        found = self._get(command.container_id)
+        found = self.get(command.container_id)
         async with self._lock(found.id):
-            record = self._get(found.id)
+            record = self.get(found.id)
             if record.state != ContainerState.CONTAINER_CREATED:
                 raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
             shim = self.registry.resolve(record.runtime_handler)
@@ -350,7 +350,7 @@ class ContainerService:
 
     async def stop(self, command: StopContainerCommand) -> StopContainerResult:
         """Send the stop signal, wait ``timeout`` seconds, then SIGKILL. Stopping an exited container is fine."""
-        found = self._get(command.container_id)
+        found = self.get(command.container_id)
         async with self._lock(found.id):
             await self._stop(found.id, float(command.timeout))
         return StopContainerResult()
@@ -376,7 +376,7 @@ class ContainerService:
 
     async def remove(self, command: RemoveContainerCommand) -> RemoveContainerResult:
         """Remove a container, killing it first if it runs. Removing an unknown container is fine."""
-        record = self._find(command.container_id)
+        record = self.find(command.container_id)
         if record is not None:
             await self._remove(record.id)
         return RemoveContainerResult()
@@ -419,7 +419,7 @@ class ContainerService:
     # ---- ContainerStatus / ExecSync / ReopenContainerLog / GetContainerEvents -----------------------------------
 
     async def status(self, command: ContainerStatusCommand) -> ContainerStatusResult:
-        record = self._get(command.container_id)
+        record = self.get(command.container_id)
         info = {"info": json.dumps(await self._verbose(record))} if command.verbose else {}
         return ContainerStatusResult(status=record.status(), info=info)
 
@@ -437,7 +437,7 @@ class ContainerService:
 
     async def exec_sync(self, command: ExecSyncCommand) -> ExecSyncResult:
         """Run a command in a running container to completion (or its timeout, then DEADLINE_EXCEEDED)."""
-        record = self._get(command.container_id)
+        record = self.get(command.container_id)
         if record.state != RUNNING:
             raise FailedPrecondition(f"container {record.id} is not running")
         spec = json.loads(await asyncio.to_thread(Path(record.bundle, "config.json").read_text))
@@ -452,7 +452,7 @@ class ContainerService:
 
     async def reopen_log(self, command: ReopenContainerLogCommand) -> ReopenContainerLogResult:
         """Ask the container's conmon to reopen its log file (control fifo message ``2 0 0``)."""
-        record = self._get(command.container_id)
+        record = self.get(command.container_id)
         if record.state != RUNNING:
             raise FailedPrecondition(f"container {record.id} is not running")
         ctl = Path(record.bundle, "ctl")

@@ -139,7 +139,7 @@ class StatsService:
     # ---- containers ---------------------------------------------------------------------------------------
 
     async def container_stats(self, command: ContainerStatsCommand) -> ContainerStatsResult:
-        record = self.containers._get(command.container_id)
+        record = self.containers.get(command.container_id)
         return ContainerStatsResult(stats=(await self._sample(record)).stats)
 
     async def list_container_stats(self, command: ListContainerStatsCommand) -> ListContainerStatsResult:
@@ -211,7 +211,7 @@ class StatsService:
     # ---- pods -----------------------------------------------------------------------------------------------
 
     async def pod_stats(self, command: PodSandboxStatsCommand) -> PodSandboxStatsResult:
-        record = self.sandboxes._find(command.pod_sandbox_id)
+        record = self.sandboxes.find(command.pod_sandbox_id)
         if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
         return PodSandboxStatsResult(stats=await self._pod_sample(record))

@@ -6,7 +6,9 @@ Each family of verbs lives in its own module (``crirt/ctl/runtime.py``, ...) and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -104,3 +106,29 @@ def print_listing(items: Sequence[Any], json_key: str, quiet: bool, output: str,
     if output != "table":
         raise fail(f"--output {output!r}: expected table or json")
     print_table([header, *(row(item) for item in items)])
+
+def allow_slow_calls(ctx: typer.Context) -> None:
+    """Creating, stopping and removing a pod may take longer than crictl's 2 s default timeout allows
+    (CNI plugins, grace periods): give those calls at least a minute."""
+    if ctx.obj.timeout < 60:
+        ctx.obj = dataclasses.replace(ctx.obj, timeout=60.0)
+
+
+def ago(created_at_ns: int, now: float | None = None) -> str:
+    """crictl's CREATED column: a rounded age, "About a minute ago" style."""
+    seconds = max(0.0, (now or time.time()) - created_at_ns / 1e9)
+    if seconds < 1:
+        return "Less than a second ago"
+    if seconds < 60:
+        return f"{int(seconds)} seconds ago"
+    minutes = round(seconds / 60)
+    if minutes == 1:
+        return "About a minute ago"
+    if minutes < 60:
+        return f"{minutes} minutes ago"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour ago"
+    if hours < 48:
+        return f"{hours} hours ago"
+    return f"{round(seconds / 86400)} days ago"

@@ -32,8 +32,8 @@ from crirt._gen.runtime.v1 import (
     StopContainerRequest,
 )
 from crirt.api.convert import to_message
-from crirt.ctl.app import app, call_runtime, fail, parse_labels, print_listing
-from crirt.ctl.sandboxes import ConfigFileError, _ago, _allow_slow_calls, load_config, load_sandbox_config
+from crirt.ctl.app import ago, allow_slow_calls, app, call_runtime, fail, parse_labels, print_listing
+from crirt.ctl.sandboxes import ConfigFileError, load_config, load_sandbox_config
 from crirt.model import container as model
 
 STATES = {"created": ContainerState.CONTAINER_CREATED, "running": ContainerState.CONTAINER_RUNNING,
@@ -63,7 +63,7 @@ def create(
         raise fail(str(exc)) from None
     request = CreateContainerRequest(pod_sandbox_id=pod_id, config=to_message(config, ContainerConfig),
                                      sandbox_config=to_message(sandbox, PodSandboxConfig))
-    _allow_slow_calls(ctx)
+    allow_slow_calls(ctx)
     reply = call_runtime(ctx, lambda stub: stub.create_container(request))
     typer.echo(reply.container_id)
 
@@ -74,7 +74,7 @@ def start(
     container_ids: Annotated[list[str], typer.Argument(help="container ids")],
 ) -> None:
     """Start created containers."""
-    _allow_slow_calls(ctx)
+    allow_slow_calls(ctx)
     for cid in container_ids:
         call_runtime(ctx, lambda stub, c=cid: stub.start_container(StartContainerRequest(container_id=c)))
         typer.echo(cid)
@@ -109,7 +109,7 @@ def ps(
         meta = item.metadata
         image = item.image.image if item.image and item.image.image else item.image_ref
         return (short(item.id), image if no_trunc or not image.startswith("sha256:") else image[7:20],
-                _ago(item.created_at), _state_name(item.state), meta.name if meta else "",
+                ago(item.created_at), _state_name(item.state), meta.name if meta else "",
                 str(meta.attempt if meta else 0), short(item.pod_sandbox_id))
 
     print_listing(items, "containers", quiet, output,
@@ -133,7 +133,7 @@ def inspect(
             assert status is not None
             meta = status.metadata
             typer.echo(f"ID: {status.id}\nName: {meta.name if meta else ''}\n"
-                       f"State: {status.state.name}\nCreated: {_ago(status.created_at)}\n"
+                       f"State: {status.state.name}\nCreated: {ago(status.created_at)}\n"
                        f"Exit Code: {status.exit_code}\nImage: {status.image.image if status.image else ''}")
             continue
         document: dict[str, Any] = {"status": status.to_dict(include_default_values=True) if status else {}}
@@ -226,7 +226,7 @@ def rm(
     force: Annotated[bool, typer.Option("--force", "-f", help="stop running containers first")] = False,
 ) -> None:
     """Remove containers; a running one needs --force, as with crictl."""
-    _allow_slow_calls(ctx)
+    allow_slow_calls(ctx)
     for cid in container_ids:
         reply = call_runtime(ctx, lambda stub, c=cid: stub.container_status(ContainerStatusRequest(container_id=c)))
         if reply.status and reply.status.state == ContainerState.CONTAINER_RUNNING:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 import types
 import typing
 from enum import IntEnum
@@ -33,7 +32,7 @@ from crirt._gen.runtime.v1 import (
     StopPodSandboxRequest,
 )
 from crirt.api.convert import describe_validation_error, to_message
-from crirt.ctl.app import app, call_runtime, fail, parse_labels, print_listing
+from crirt.ctl.app import ago, allow_slow_calls, app, call_runtime, fail, parse_labels, print_listing
 from crirt.model import sandbox as model
 
 
@@ -113,12 +112,6 @@ def load_config(path: Path, model_type: type[M]) -> M:
         raise ConfigFileError(f"{path}: {describe_validation_error(exc)}") from None
 
 
-def _allow_slow_calls(ctx: typer.Context) -> None:
-    """Creating, stopping and removing a pod may take longer than crictl's 2 s default timeout allows
-    (CNI plugins, grace periods): give those calls at least a minute."""
-    if ctx.obj.timeout < 60:
-        ctx.obj = dataclasses.replace(ctx.obj, timeout=60.0)
-
 
 @app.command()
 def runp(
@@ -137,29 +130,10 @@ def runp(
     if cancel_timeout is not None:
         ctx.obj = dataclasses.replace(ctx.obj, timeout=cancel_timeout)
     else:
-        _allow_slow_calls(ctx)
+        allow_slow_calls(ctx)
     reply = call_runtime(ctx, lambda stub: stub.run_pod_sandbox(request))
     typer.echo(reply.pod_sandbox_id)
 
-
-def _ago(created_at_ns: int, now: float | None = None) -> str:
-    """crictl's CREATED column: a rounded age, "About a minute ago" style."""
-    seconds = max(0.0, (now or time.time()) - created_at_ns / 1e9)
-    if seconds < 1:
-        return "Less than a second ago"
-    if seconds < 60:
-        return f"{int(seconds)} seconds ago"
-    minutes = round(seconds / 60)
-    if minutes == 1:
-        return "About a minute ago"
-    if minutes < 60:
-        return f"{minutes} minutes ago"
-    hours = round(seconds / 3600)
-    if hours == 1:
-        return "About an hour ago"
-    if hours < 48:
-        return f"{hours} hours ago"
-    return f"{round(seconds / 86400)} days ago"
 
 
 def _state_name(state: PodSandboxState) -> str:
@@ -206,7 +180,7 @@ def pods(
 
     def row(item: PodSandbox) -> tuple[str, ...]:
         meta = item.metadata
-        return (item.id if no_trunc else item.id[:13], _ago(item.created_at), _state_name(item.state),
+        return (item.id if no_trunc else item.id[:13], ago(item.created_at), _state_name(item.state),
                 meta.name if meta else "", meta.namespace if meta else "", str(meta.attempt if meta else 0),
                 item.runtime_handler or "(default)")
 
@@ -230,7 +204,7 @@ def inspectp(
             meta = status.metadata
             typer.echo(f"ID: {status.id}\nName: {meta.name if meta else ''}\nUID: {meta.uid if meta else ''}\n"
                        f"Namespace: {meta.namespace if meta else ''}\nAttempt: {meta.attempt if meta else 0}\n"
-                       f"Status: {status.state.name}\nCreated: {_ago(status.created_at)}\n"
+                       f"Status: {status.state.name}\nCreated: {ago(status.created_at)}\n"
                        f"IP Addresses: {', '.join(_ips(status))}\nLabels: {dict(status.labels)}\n"
                        f"Annotations: {dict(status.annotations)}")
             continue
@@ -258,7 +232,7 @@ def stopp(
     pod_ids: Annotated[list[str], typer.Argument(help="pod ids (or unique prefixes)")],
 ) -> None:
     """Stop pod sandboxes (their containers, infra container and network)."""
-    _allow_slow_calls(ctx)
+    allow_slow_calls(ctx)
     for pod_id in pod_ids:
         call_runtime(ctx, lambda stub, pid=pod_id: stub.stop_pod_sandbox(StopPodSandboxRequest(pod_sandbox_id=pid)))
         typer.echo(f"Stopped sandbox {pod_id}")
@@ -272,7 +246,7 @@ def rmp(
     all_pods: Annotated[bool, typer.Option("--all", "-a", help="remove every pod")] = False,
 ) -> None:
     """Remove pod sandboxes; a ready pod needs --force, as with crictl."""
-    _allow_slow_calls(ctx)
+    allow_slow_calls(ctx)
     ids = list(pod_ids or [])
     if all_pods:
         ids = [p.id for p in call_runtime(ctx, lambda stub: stub.list_pod_sandbox(ListPodSandboxRequest())).items]

@@ -196,7 +196,7 @@ class SandboxService:
 
     # ---- lookups ------------------------------------------------------------------------------------------
 
-    def _find(self, wanted: str) -> SandboxRecord | None:
+    def find(self, wanted: str) -> SandboxRecord | None:
         """The visible sandbox with id ``wanted`` or the one whose id starts with it (crictl's short ids)."""
         record = self.records.get(wanted)
         if record is not None:
@@ -406,7 +406,7 @@ class SandboxService:
     async def stop(self, command: StopPodSandboxCommand) -> StopPodSandboxResult:
         """Stop the pod's containers (grace, then SIGKILL) and infra container and release its network and
         namespaces. Stopping a stopped or unknown sandbox is fine."""
-        record = self._find(command.pod_sandbox_id)
+        record = self.find(command.pod_sandbox_id)
         if record is not None:
             await self._detached(self._stop(record.id))
         return StopPodSandboxResult()
@@ -426,7 +426,7 @@ class SandboxService:
     async def remove(self, command: RemovePodSandboxCommand) -> RemovePodSandboxResult:
         """Remove the pod's containers forcibly, tear down whatever is left and forget the sandbox.
         Removing an unknown sandbox is fine."""
-        record = self._find(command.pod_sandbox_id)
+        record = self.find(command.pod_sandbox_id)
         if record is not None:
             await self._detached(self._remove(record.id))
         return RemovePodSandboxResult()
@@ -456,7 +456,7 @@ class SandboxService:
     # ---- PodSandboxStatus / UpdatePodSandboxResources --------------------------------------------------------
 
     async def status(self, command: PodSandboxStatusCommand) -> PodSandboxStatusResult:
-        record = self._find(command.pod_sandbox_id)
+        record = self.find(command.pod_sandbox_id)
         if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
         network = PodSandboxNetworkStatus(ip=record.ips[0] if record.ips else "",
@@ -502,7 +502,7 @@ class SandboxService:
     async def update_resources(self, command: UpdatePodSandboxResourcesCommand) -> UpdatePodSandboxResourcesResult:
         """Record the pod's new resources and overhead. The kubelet resizes the pod cgroup itself; crirt
         keeps the values for status and for containers created later."""
-        found = self._find(command.pod_sandbox_id)
+        found = self.find(command.pod_sandbox_id)
         if found is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
         async with self._locks.hold(found.id):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from crirt._gen.runtime.v1 import PodSandbox, PodSandboxMetadata
-from crirt.ctl.sandboxes import ConfigFileError, _ago, load_sandbox_config, select_pods
+from crirt.ctl.app import ago
+from crirt.ctl.sandboxes import ConfigFileError, load_sandbox_config, select_pods
 from crirt.model.enums import NamespaceMode, Protocol
 
 
@@ -64,6 +65,6 @@ def test_pods_selection_and_age() -> None:
     assert [p.id for p in select_pods(pods, "", "", True, 0)] == ["3"]
     assert [p.id for p in select_pods(pods, "", "", False, 2)] == ["3", "2"]
     now = time.time()
-    assert _ago(int((now - 5) * 1e9), now) == "5 seconds ago"
-    assert _ago(int((now - 70) * 1e9), now) == "About a minute ago"
-    assert _ago(int((now - 7200) * 1e9), now) == "2 hours ago"
+    assert ago(int((now - 5) * 1e9), now) == "5 seconds ago"
+    assert ago(int((now - 70) * 1e9), now) == "About a minute ago"
+    assert ago(int((now - 7200) * 1e9), now) == "2 hours ago"
