@@ -40,6 +40,8 @@ from crirt.commands.containers import (
     StartContainerResult,
     StopContainerCommand,
     StopContainerResult,
+    UpdateContainerResourcesCommand,
+    UpdateContainerResourcesResult,
 )
 from crirt.commands.runtime import GetContainerEventsCommand, GetContainerEventsResult
 from crirt.commands.sandboxes import PodSandboxStatusCommand
@@ -47,6 +49,7 @@ from crirt.commands.streaming import ExecSyncCommand, ExecSyncResult
 from crirt.config import Config
 from crirt.containers.queries import CONTAINERS
 from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name_key
+from crirt.containers.update import merged_resources, updated_config, updated_spec
 from crirt.errors import AlreadyExists, CrirtError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from crirt.images.service import ImageService
 from crirt.model.container import Container
@@ -54,6 +57,7 @@ from crirt.model.enums import ContainerEventType, ContainerState, PodSandboxStat
 from crirt.oci.devices import devices_at, host_devices
 from crirt.oci.host import HostFacts, detect_host_facts
 from crirt.oci.mounts import PodFiles, resolve_host_paths
+from crirt.oci.resources import linux_resources
 from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
 from crirt.oci.user import read_image_file, resolve_user
 from crirt.sandboxes.records import SandboxRecord
@@ -69,6 +73,10 @@ EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 KILL_WAIT = 10.0
 """Seconds to wait for a container to die after SIGKILL."""
 RUNNING = ContainerState.CONTAINER_RUNNING
+LOST_EXIT_CODE = 255
+"""The exit code of a container whose task vanished without a recorded exit (conmon's "unknown")."""
+REASON_LOST = "Unknown"
+SANDBOX_ID_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 
 
 def stop_signal(record: ContainerRecord) -> int:
@@ -84,6 +92,13 @@ def stop_signal(record: ContainerRecord) -> int:
             return int(found)
         log.warning("container %s: unknown image StopSignal %r, using SIGTERM", record.id, record.stop_signal)
     return int(signal.SIGTERM)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace a file so a crash leaves the old or the new content, never a mix."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def cap_output(stdout: bytes, stderr: bytes, limit: int = EXEC_OUTPUT_LIMIT) -> tuple[bytes, bytes]:
@@ -118,16 +133,71 @@ class ContainerService:
         bus.register(ContainerStatusCommand, self.status)
         bus.register(ExecSyncCommand, self.exec_sync)
         bus.register(ReopenContainerLogCommand, self.reopen_log)
+        bus.register(UpdateContainerResourcesCommand, self.update_resources)
         bus.register(GetContainerEventsCommand, self.events)
 
     async def resume(self) -> None:
-        """Watch the containers that were running when crirt last stopped, and list every record (a crash
-        between writing a record and its listing leaves a record unlisted; never a listing without a record,
-        since a listing is deleted before its record)."""
-        for record in self.records:
+        """Reconcile the records with the runtimes after crirt (re)starts, before it serves: containers that
+        ran on keep being watched, exits that happened while crirt was down are recorded with conmon's exit
+        code and time, and what a crash left half-made (a bundle, task or rootfs without a record) is removed.
+        Every record gets its listing (a crash between the two writes leaves a record unlisted, never the
+        reverse, since a listing is deleted before its record)."""
+        for record in list(self.records):
             self._sync_listing(record)
-            if record.state == RUNNING:
-                self._watch(record)
+            try:
+                await self._reconcile(record)
+            except CrirtError as exc:
+                log.warning("recovering container %s: %s", record.id, exc)
+        await self._remove_orphans()
+
+    async def _reconcile(self, record: ContainerRecord) -> None:
+        """Bring one record in line with what its runtime reports."""
+        if record.state == RUNNING:
+            self._watch(record)  # the watcher reads an exit that happened meanwhile at once
+            return
+        if record.state != ContainerState.CONTAINER_CREATED:
+            return
+        shim = self.registry.resolve(record.runtime_handler)
+        try:
+            state = await shim.state(record.id)
+        except NotFound:
+            log.warning("container %s was created but its task is gone; marking it exited", record.id)
+            self._put(record.model_copy(update={
+                "state": ContainerState.CONTAINER_EXITED, "finished_at": time.time_ns(), "exit_code": LOST_EXIT_CODE,
+                "reason": REASON_LOST, "message": "the container's task was lost while crirt was not running"}))
+            return
+        if state.status == "created":
+            return
+        # StartContainer started the task but crirt died before writing it down.
+        log.info("container %s was started before crirt stopped (%s); watching it", record.id, state.status)
+        self._watch(self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns()})))
+
+    async def _remove_orphans(self) -> None:
+        """Remove bundles, tasks and root filesystems that belong to no record (a crash during
+        CreateContainer or RemoveContainer): the runtime's task and its monitor are killed too."""
+        bundles = sorted(p.name for p in self.bundles.iterdir()) if self.bundles.is_dir() else []
+        for container_id in sorted(set(bundles) | set(self.images.snapshots.rootfs_ids())):
+            if container_id in self.records:
+                continue
+            log.info("removing container %s, left half-made by an earlier crirt", container_id)
+            try:
+                shim = self.registry.resolve(self._orphan_handler(self.bundles / container_id))
+                await shim.delete(container_id)
+                await self.images.snapshots.remove_rootfs(container_id)
+            except CrirtError as exc:
+                log.warning("could not remove half-made container %s: %s", container_id, exc)
+                continue
+            await asyncio.to_thread(shutil.rmtree, self.bundles / container_id, True)
+
+    def _orphan_handler(self, bundle: Path) -> str:
+        """The runtime handler of a container without a record: its pod's, from the bundle's sandbox-id
+        annotation; the default handler when that cannot be told."""
+        try:
+            annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        except (OSError, ValueError):
+            return ""
+        sandbox = self.sandboxes.records.get(str(annotations.get(SANDBOX_ID_ANNOTATION, "")))
+        return sandbox.runtime_handler if sandbox is not None else ""
 
     async def close(self) -> None:
         """Stop the exit watchers (the containers keep running)."""
@@ -331,19 +401,26 @@ class ContainerService:
     async def _watch_exit(self, container_id: str, handler: str) -> None:
         try:
             status = await self.registry.resolve(handler).wait(container_id)
+        except NotFound:
+            log.warning("container %s vanished from its runtime without a recorded exit", container_id)
+            await self._exited(container_id, ExitStatus(exit_code=LOST_EXIT_CODE, exited_at=time.time_ns()),
+                               "the container's task vanished from its runtime without a recorded exit")
+            return
         except CrirtError as exc:
             log.warning("watching container %s: %s", container_id, exc)
             return
         await self._exited(container_id, status)
 
-    async def _exited(self, container_id: str, status: ExitStatus) -> None:
-        """Record the exit of a running container and publish it; nothing when already recorded."""
+    async def _exited(self, container_id: str, status: ExitStatus, lost: str = "") -> None:
+        """Record the exit of a running container and publish it; nothing when already recorded. ``lost``
+        explains an exit the runtime could not report (the reason is then ``Unknown``)."""
         record = self.records.get(container_id)
         if record is None or record.state != RUNNING:
             return
+        reason = REASON_LOST if lost else exit_reason(status.exit_code, status.oom_killed)
         record = self._put(record.model_copy(update={
             "state": ContainerState.CONTAINER_EXITED, "finished_at": status.exited_at,
-            "exit_code": status.exit_code, "reason": exit_reason(status.exit_code, status.oom_killed)}))
+            "exit_code": status.exit_code, "reason": reason, "message": lost}))
         await self._publish(record, ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     # ---- StopContainer / RemoveContainer ------------------------------------------------------------------------
@@ -467,6 +544,35 @@ class ContainerService:
         finally:
             os.close(fd)
         return ReopenContainerLogResult()
+
+    async def update_resources(self, command: UpdateContainerResourcesCommand) -> UpdateContainerResourcesResult:
+        """Apply new limits: the bundle spec first, then the task's cgroup (a created container has one
+        already, made by the runtime's ``create``); if the runtime refuses, the old spec is put back and nothing
+        has changed."""
+        if command.windows is not None and command.linux is None:
+            raise InvalidArgument("windows resources cannot be applied on a Linux node; send linux resources")
+        found = self.get(command.container_id)
+        async with self._lock(found.id):
+            record = self.get(found.id)
+            if record.state not in (ContainerState.CONTAINER_CREATED, RUNNING):
+                raise FailedPrecondition(f"container {record.id} is {record.state.name}: only created or running "
+                                         "containers can be updated")
+            if command.linux is None:
+                return UpdateContainerResourcesResult()
+            current = record.config.linux.resources if record.config.linux else None
+            resources = merged_resources(current, command.linux)
+            oci = linux_resources(resources, self._host_facts().cgroups)
+            spec_path = Path(record.bundle, "config.json")
+            old_text = await asyncio.to_thread(spec_path.read_text)
+            await asyncio.to_thread(_write_atomically, spec_path, json.dumps(updated_spec(json.loads(old_text), oci),
+                                                                              indent=1))
+            try:
+                await self.registry.resolve(record.runtime_handler).update(record.id, oci)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(_write_atomically, spec_path, old_text))
+                raise
+            self._put(record.model_copy(update={"config": updated_config(record.config, resources)}))
+        return UpdateContainerResourcesResult()
 
     async def events(self, command: GetContainerEventsCommand) -> AsyncIterator[GetContainerEventsResult]:
         """Container lifecycle events from now on, until the caller goes away."""

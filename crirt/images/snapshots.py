@@ -99,6 +99,10 @@ class SnapshotStore:
             raise ValueError(f"bad container id {container_id!r}")
         return self.rootfs_root / container_id
 
+    def rootfs_ids(self) -> list[str]:
+        """The container ids that have a root filesystem here (prepared, or left half-made by a crash)."""
+        return sorted(p.name for p in self.rootfs_root.iterdir()) if self.rootfs_root.is_dir() else []
+
     def rootfs_references(self) -> set[str]:
         """Chain ids used by prepared root filesystems (kept by garbage collection)."""
         used: set[str] = set()

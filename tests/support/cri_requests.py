@@ -12,7 +12,7 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Lis
                "PodSandboxStatus", "UpdatePodSandboxResources",
                "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
                "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
-               "ExecSync", "ReopenContainerLog", "GetContainerEvents",
+               "ExecSync", "ReopenContainerLog", "GetContainerEvents", "UpdateContainerResources",
                "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats"}
 
 

@@ -30,11 +30,13 @@ class ContainerEnv:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[ContainerEnv]:
-    """One registry, daemon and network per module; the module checks that nothing is left running."""
+    """One registry, daemon and network per module; the module checks that nothing is left running. A test may
+    replace ``daemon`` with a restarted one on the same socket: the stubs reconnect, and the last one is stopped."""
     base = tmp_path_factory.mktemp("containers")
     registry = start_registry(base / "registry")
     net = BridgeNetwork(base / "d" / "cni")
     daemon = None
+    current: ContainerEnv | None = None
     try:
         layout = Layout(base / "layout")
         layout.tag(layout.image([(busybox_layer().bytes(), "gzip")]), "busybox")
@@ -43,9 +45,12 @@ def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[Co
         net.write()
         daemon = start_daemon(base / "d", cni_config="default_network = false\n", registries="")
         with daemon.channel() as channel:
-            yield ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
-                               pb.grpc.ImageServiceStub(channel), pb, image)
+            current = ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
+                                   pb.grpc.ImageServiceStub(channel), pb, image)
+            yield current
     finally:
+        if current is not None:
+            daemon = current.daemon  # a test may have restarted it
         if daemon is not None:
             daemon.stop()
         net.cleanup(base / "d" / "state")
