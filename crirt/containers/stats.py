@@ -1,4 +1,5 @@
-"""ContainerStats, ListContainerStats, PodSandboxStats and ListPodSandboxStats.
+"""ContainerStats, ListContainerStats, StreamContainerStats, PodSandboxStats, ListPodSandboxStats and
+StreamPodSandboxStats; the metrics RPCs (``crirt.containers.metrics``) are registered from here too.
 
 Each container's cgroup counters come from its shim (``Shim.stats``: a dict with ``timestamp`` and ``cpu``,
 ``memory``, ``process`` sections), its writable layer's usage from the snapshotter, swap straight from the
@@ -6,7 +7,8 @@ container's cgroup. ``usage_nano_cores`` is the CPU rate since the previous samp
 pod) kept in memory, so the first sample of each has none. A pod's CPU, memory and process count are the sums
 over its containers; its network counters are those of the pod's network namespace, read from
 ``/proc/PID/net/dev`` of any of its processes (none when nothing runs in the pod). An exited container is
-reported with what is still there (its attributes and writable layer), never as an error.
+reported with what is still there (its attributes and writable layer), never as an error. The Stream* RPCs
+sample exactly what their List* counterparts would and send it in batches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,16 @@ from crirt.commands.stats import (
     ListPodSandboxStatsResult,
     PodSandboxStatsCommand,
     PodSandboxStatsResult,
+    StreamContainerStatsCommand,
+    StreamContainerStatsResult,
+    StreamPodSandboxStatsCommand,
+    StreamPodSandboxStatsResult,
 )
+from crirt.containers.metrics import MetricsService, net_dev_counters
 from crirt.containers.records import ContainerRecord
 from crirt.containers.service import ContainerService
 from crirt.errors import CrirtError, NotFound
-from crirt.filters import id_matches, labels_match
+from crirt.filters import batches, id_matches, labels_match
 from crirt.images.snapshots import SnapshotStore
 from crirt.model.common import UInt64Value
 from crirt.model.enums import ContainerState, PodSandboxState
@@ -54,7 +62,7 @@ from crirt.model.stats import (
 )
 from crirt.sandboxes.records import SandboxRecord
 from crirt.sandboxes.service import SandboxService
-from crirt.shim.cgroups import controller_dirs, parse_limit, parse_mountinfo, parse_proc_cgroup
+from crirt.shim.cgroups import cgroup_dirs_of, parse_limit
 from crirt.shim.registry import ShimRegistry
 
 log = logging.getLogger(__name__)
@@ -82,26 +90,16 @@ def nano_cores(previous: tuple[int, int] | None, timestamp: int, usage: int) -> 
 
 def parse_net_dev(text: str) -> list[NetworkInterfaceUsage]:
     """The interfaces of a ``/proc/PID/net/dev`` text, loopback left out."""
-    interfaces = []
-    for line in text.splitlines()[2:]:
-        name, _, counters = line.partition(":")
-        name = name.strip()
-        values = counters.split()
-        if not name or name == "lo" or len(values) < 16:
-            continue
-        numbers = [int(v) for v in values]
-        interfaces.append(NetworkInterfaceUsage(name=name, rx_bytes=_u64(numbers[0]), rx_errors=_u64(numbers[2]),
-                                                tx_bytes=_u64(numbers[8]), tx_errors=_u64(numbers[10])))
-    return interfaces
+    return [NetworkInterfaceUsage(name=name, rx_bytes=_u64(numbers[0]), rx_errors=_u64(numbers[2]),
+                                  tx_bytes=_u64(numbers[8]), tx_errors=_u64(numbers[10]))
+            for name, numbers in net_dev_counters(text).items()]
 
 
 def read_swap(pid: int) -> tuple[int | None, int | None]:
     """(swap used, swap available) of the cgroup of ``pid``; None for what cannot be read (cgroup v2 only:
     v1 reports memory+swap together)."""
     try:
-        proc_cgroup = Path(f"/proc/{pid}/cgroup").read_text()
-        dirs = controller_dirs(parse_proc_cgroup(proc_cgroup),
-                               parse_mountinfo(Path("/proc/self/mountinfo").read_text()))
+        dirs = cgroup_dirs_of(pid)
         if "memory" in dirs or "" not in dirs:
             return None, None
         used = int((dirs[""] / "memory.swap.current").read_text())
@@ -135,12 +133,21 @@ class StatsService:
         bus.register(ListContainerStatsCommand, self.list_container_stats)
         bus.register(PodSandboxStatsCommand, self.pod_stats)
         bus.register(ListPodSandboxStatsCommand, self.list_pod_stats)
+        bus.register(StreamContainerStatsCommand, self.stream_container_stats)
+        bus.register(StreamPodSandboxStatsCommand, self.stream_pod_stats)
+        MetricsService(self).register(bus)
 
     # ---- containers ---------------------------------------------------------------------------------------
 
     async def container_stats(self, command: ContainerStatsCommand) -> ContainerStatsResult:
         record = self.containers.get(command.container_id)
         return ContainerStatsResult(stats=(await self._sample(record)).stats)
+
+    async def stream_container_stats(self, command: StreamContainerStatsCommand
+                                     ) -> AsyncIterator[StreamContainerStatsResult]:
+        listed = await self.list_container_stats(ListContainerStatsCommand(filter=command.filter))
+        for batch in batches(listed.stats):
+            yield StreamContainerStatsResult(container_stats=list(batch))
 
     async def list_container_stats(self, command: ListContainerStatsCommand) -> ListContainerStatsResult:
         wanted = command.filter
@@ -158,14 +165,23 @@ class StatsService:
         for key in [k for k in self._cpu if k.partition(":")[2] not in known]:
             del self._cpu[key]
 
+    async def pid_of(self, record: ContainerRecord) -> int:
+        """The pid of a running container's init process; 0 when it does not run."""
+        if record.state != ContainerState.CONTAINER_RUNNING:
+            return 0
+        try:
+            return (await self.registry.resolve(record.runtime_handler).state(record.id)).pid
+        except CrirtError as exc:
+            log.debug("state of container %s: %s", record.id, exc)
+            return 0
+
     async def _raw(self, record: ContainerRecord) -> tuple[dict[str, Any], int]:
         """The shim's cgroup sample and the container's pid; empty and 0 when it does not run."""
-        if record.state != ContainerState.CONTAINER_RUNNING:
+        pid = await self.pid_of(record)
+        if pid <= 0:
             return {}, 0
         try:
-            shim = self.registry.resolve(record.runtime_handler)
-            pid = (await shim.state(record.id)).pid
-            raw = await shim.stats(record.id) if pid > 0 else {}
+            raw = await self.registry.resolve(record.runtime_handler).stats(record.id)
         except CrirtError as exc:
             log.debug("stats of container %s: %s", record.id, exc)
             return {}, 0
@@ -198,12 +214,19 @@ class StatsService:
         self._cpu[key] = (timestamp, usage)
         return CpuUsage(timestamp=timestamp, usage_core_nano_seconds=_u64(usage), usage_nano_cores=_u64(rate))
 
-    async def _writable_layer(self, container_id: str) -> FilesystemUsage | None:
-        timestamp = time.time_ns()
+    def writable_layer_usage(self, container_id: str) -> tuple[int, int] | None:
+        """(bytes, inodes) of a container's writable layer; None when it cannot be read. Walks the tree."""
         try:
-            used, inodes = await asyncio.to_thread(self.snapshots.rootfs_usage, container_id)
+            return self.snapshots.rootfs_usage(container_id)
         except (OSError, LookupError, CrirtError):
             return None
+
+    async def _writable_layer(self, container_id: str) -> FilesystemUsage | None:
+        timestamp = time.time_ns()
+        usage = await asyncio.to_thread(self.writable_layer_usage, container_id)
+        if usage is None:
+            return None
+        used, inodes = usage
         return FilesystemUsage(timestamp=timestamp,
                                fs_id=FilesystemIdentifier(mountpoint=str(self.snapshots.rootfs_root)),
                                used_bytes=_u64(used), inodes_used=_u64(inodes))
@@ -215,6 +238,12 @@ class StatsService:
         if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
         return PodSandboxStatsResult(stats=await self._pod_sample(record))
+
+    async def stream_pod_stats(self, command: StreamPodSandboxStatsCommand
+                               ) -> AsyncIterator[StreamPodSandboxStatsResult]:
+        listed = await self.list_pod_stats(ListPodSandboxStatsCommand(filter=command.filter))
+        for batch in batches(listed.stats):
+            yield StreamPodSandboxStatsResult(pod_sandbox_stats=list(batch))
 
     async def list_pod_stats(self, command: ListPodSandboxStatsCommand) -> ListPodSandboxStatsResult:
         wanted = command.filter
@@ -244,29 +273,40 @@ class StatsService:
             counts = [s.raw.get("process", {}).get("process_count") for s in running]
             if any(c is not None for c in counts):
                 process = ProcessUsage(timestamp=timestamp, process_count=_u64(sum(c or 0 for c in counts)))
-        pids = [s.pid for s in samples if s.pid > 0]
-        if record.infra and record.state == PodSandboxState.SANDBOX_READY:
-            with contextlib.suppress(CrirtError):
-                infra = await self.sandboxes.infra.state(record.runtime_handler, record.id)
-                if infra is not None and infra.pid > 0:
-                    pids.insert(0, infra.pid)
+        pids = await self.pod_pids(record, [s.pid for s in samples if s.pid > 0])
         return PodSandboxStats(
             attributes=PodSandboxAttributes(id=record.id, metadata=record.config.metadata,
                                             labels=record.config.labels, annotations=record.config.annotations),
             linux=LinuxPodSandboxStats(cpu=cpu, memory=memory, network=await self._network(pids),
                                        process=process, containers=[s.stats for s in samples]))
 
+    async def pod_pids(self, record: SandboxRecord, container_pids: list[int]) -> list[int]:
+        """Processes inside the pod's network namespace: its infra container's first, then its containers'."""
+        pids = list(container_pids)
+        if record.infra and record.state == PodSandboxState.SANDBOX_READY:
+            with contextlib.suppress(CrirtError):
+                infra = await self.sandboxes.infra.state(record.runtime_handler, record.id)
+                if infra is not None and infra.pid > 0:
+                    pids.insert(0, infra.pid)
+        return pids
+
     @staticmethod
-    async def _network(pids: list[int]) -> NetworkUsage | None:
-        """The pod's interfaces, read through the first of its processes still alive."""
+    async def net_dev(pids: list[int]) -> tuple[int, str] | None:
+        """(timestamp, ``/proc/PID/net/dev`` text) through the first of the processes still alive."""
         for pid in pids:
             timestamp = time.time_ns()
             try:
-                text = await asyncio.to_thread(Path(f"/proc/{pid}/net/dev").read_text)
+                return timestamp, await asyncio.to_thread(Path(f"/proc/{pid}/net/dev").read_text)
             except (OSError, ValueError):
                 continue
-            interfaces = parse_net_dev(text)
-            default = next((i for i in interfaces if i.name == DEFAULT_INTERFACE),
-                           interfaces[0] if interfaces else None)
-            return NetworkUsage(timestamp=timestamp, default_interface=default, interfaces=interfaces)
         return None
+
+    async def _network(self, pids: list[int]) -> NetworkUsage | None:
+        """The pod's interfaces, read through the first of its processes still alive."""
+        read = await self.net_dev(pids)
+        if read is None:
+            return None
+        timestamp, text = read
+        interfaces = parse_net_dev(text)
+        default = next((i for i in interfaces if i.name == DEFAULT_INTERFACE), interfaces[0] if interfaces else None)
+        return NetworkUsage(timestamp=timestamp, default_interface=default, interfaces=interfaces)

@@ -71,8 +71,13 @@ def _under(mount: CgroupMount, path: str) -> Path:
     return mount.mount_point / relative.lstrip("/")
 
 
-def controller_dirs(proc_cgroup: dict[str, str], mounts: list[CgroupMount]) -> dict[str, Path]:
-    """Map each controller the driver reads (memory, cpuacct, pids) and ``""`` (the v2 tree) to a directory.
+STATS_CONTROLLERS = ("memory", "cpuacct", "pids")
+"""The v1 controllers the stats driver reads."""
+
+
+def controller_dirs(proc_cgroup: dict[str, str], mounts: list[CgroupMount],
+                    controllers: tuple[str, ...] = STATS_CONTROLLERS) -> dict[str, Path]:
+    """Map each named controller (by default those the driver reads) and ``""`` (the v2 tree) to a directory.
 
     A controller mounted as v1 is read there; otherwise its files are looked up in the v2 directory.
     """
@@ -80,7 +85,7 @@ def controller_dirs(proc_cgroup: dict[str, str], mounts: list[CgroupMount]) -> d
     unified = next((m for m in mounts if m.version == 2), None)
     if unified is not None and "" in proc_cgroup:
         dirs[""] = _under(unified, proc_cgroup[""])
-    for controller in ("memory", "cpuacct", "pids"):
+    for controller in controllers:
         mount = next((m for m in mounts if m.version == 1 and controller in m.controllers), None)
         if mount is not None and controller in proc_cgroup:
             dirs[controller] = _under(mount, proc_cgroup[controller])
@@ -160,6 +165,15 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def cgroup_dirs_of(pid: int, controllers: tuple[str, ...] = STATS_CONTROLLERS) -> dict[str, Path]:
+    """``controller_dirs`` for the cgroup of process ``pid``. Raises ProcessLookupError if the process is gone."""
+    proc_cgroup = _read(Path(f"/proc/{pid}/cgroup"))
+    if proc_cgroup is None:
+        raise ProcessLookupError(pid)
+    return controller_dirs(parse_proc_cgroup(proc_cgroup), parse_mountinfo(Path("/proc/self/mountinfo").read_text()),
+                           controllers)
 
 
 def read_stats(pid: int) -> CgroupStats:

@@ -13,7 +13,9 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Lis
                "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
                "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
                "ExecSync", "ReopenContainerLog", "GetContainerEvents", "UpdateContainerResources",
-               "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats"}
+               "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
+               "StreamContainerStats", "StreamPodSandboxStats", "ListMetricDescriptors", "ListPodSandboxMetrics",
+               "StreamPodSandboxMetrics"}
 
 
 def all_rpcs(pb: ModuleType) -> list[tuple[str, str, bool, type[Message], type[Message]]]:

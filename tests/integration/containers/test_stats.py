@@ -1,4 +1,5 @@
-"""ContainerStats, ListContainerStats, PodSandboxStats and ListPodSandboxStats on real runc containers."""
+"""ContainerStats, ListContainerStats, StreamContainerStats, PodSandboxStats, ListPodSandboxStats and
+StreamPodSandboxStats on real runc containers."""
 
 from __future__ import annotations
 
@@ -37,10 +38,13 @@ def pod(env: ContainerEnv, tmp_path: Path) -> Iterator[str]:
     env.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
 
 
-def run(env: ContainerEnv, sandbox_id: str, name: str, script: str, made: list[str]) -> str:
+def run(env: ContainerEnv, sandbox_id: str, name: str, script: str, made: list[str], resources: Any = None) -> str:
+    """Create and start a busybox container running ``script`` (with optional LinuxContainerResources)."""
     pb = env.pb
     config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=env.image),
                                 command=["/bin/sh", "-c", script], log_path=f"{name}/0.log", labels={"role": name})
+    if resources is not None:
+        config.linux.resources.CopyFrom(resources)
     container_id = env.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config),
                                                timeout=30).container_id
     made.append(container_id)
@@ -57,6 +61,15 @@ def listed(env: ContainerEnv, **wanted: Any) -> set[str]:
     reply = env.runtime.ListContainerStats(pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(**wanted)),
                                            timeout=10)
     return {s.attributes.id for s in reply.stats}
+
+
+def streamed(env: ContainerEnv, **wanted: Any) -> list[Any]:
+    """StreamContainerStats' items; the stream always sends at least one message."""
+    pb = env.pb
+    replies = list(env.runtime.StreamContainerStats(
+        pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(**wanted)), timeout=10))
+    assert replies
+    return [s for reply in replies for s in reply.container_stats]
 
 
 def code_of(call: Any) -> grpc.StatusCode:
@@ -127,3 +140,36 @@ def test_unknown_ids_are_not_found(env: ContainerEnv) -> None:
     assert code_of(lambda: env.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id="f" * 64),
                                                        timeout=10)) == grpc.StatusCode.NOT_FOUND
     assert listed(env, id="f" * 64) == set()
+
+
+def test_stream_rpcs_send_what_the_list_rpcs_list(env: ContainerEnv, pod: str) -> None:
+    pb = env.pb
+    made: list[str] = []
+    try:
+        first = run(env, pod, "first", IDLE, made)
+        second = run(env, pod, "second", IDLE, made)
+        for wanted in ({"pod_sandbox_id": pod}, {"id": first[:12]}, {"label_selector": {"role": "second"}},
+                       {"id": "f" * 64}, {"pod_sandbox_id": pod, "label_selector": {"role": "nobody"}}):
+            stream = streamed(env, **wanted)
+            assert sorted(s.attributes.id for s in stream) == sorted(listed(env, **wanted)), wanted
+        items = {s.attributes.id: s for s in streamed(env, pod_sandbox_id=pod)}
+        assert set(items) == {first, second}
+        assert all(s.memory.working_set_bytes.value > 0 and s.writable_layer.HasField("used_bytes")
+                   for s in items.values())
+
+        pod_filter = pb.PodSandboxStatsFilter(id=pod[:12])
+        replies = list(env.runtime.StreamPodSandboxStats(pb.StreamPodSandboxStatsRequest(filter=pod_filter),
+                                                         timeout=10))
+        [sample] = [s for reply in replies for s in reply.pod_sandbox_stats]
+        assert sample.attributes.id == pod
+        assert {c.attributes.id for c in sample.linux.containers} == {first, second}
+        assert sample.linux.memory.working_set_bytes.value > 0
+        listed_pods = env.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(filter=pod_filter), timeout=10)
+        assert [s.attributes.id for s in listed_pods.stats] == [pod]
+
+        nobody = pb.PodSandboxStatsFilter(label_selector={"stats-pod": "nobody"})
+        replies = list(env.runtime.StreamPodSandboxStats(pb.StreamPodSandboxStatsRequest(filter=nobody), timeout=10))
+        assert len(replies) == 1 and not replies[0].pod_sandbox_stats
+    finally:
+        for container_id in made:
+            env.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id), timeout=30)
