@@ -1,4 +1,4 @@
-"""``crirt ctl create/start/ps/inspect/logs/exec/stop/rm`` with crictl's container JSON against a real daemon."""
+"""``crirt ctl create/start/ps/inspect/logs/exec/stats/statsp/stop/rm`` with crictl's container JSON against a real daemon."""
 
 from __future__ import annotations
 
@@ -73,6 +73,21 @@ def test_container_verbs(env: ContainerEnv, tmp_path: Path) -> None:
         assert (hi.returncode, hi.stdout) == (0, "hi\n"), hi.stderr
         failing = ctl(env, "exec", "-s", "--timeout", "10", cid, "sh", "-c", "echo no >&2; exit 3")
         assert (failing.returncode, failing.stderr) == (3, "no\n")
+        usage = ctl(env, "stats", "-s", "0.5")
+        assert usage.returncode == 0, usage.stderr
+        header, row = usage.stdout.splitlines()[:2]
+        assert header.split() == ["CONTAINER", "NAME", "CPU", "%", "MEM", "DISK", "INODES"]
+        fields = row.split()
+        assert fields[:2] == [cid[:13], "web"] and float(fields[2]) >= 0 and fields[3].endswith("B")
+        assert int(fields[-1]) > 0  # the writable layer has at least its root directory
+        stats_json = json.loads(ctl(env, "stats", "-o", "json", "-s", "0").stdout)["stats"]
+        assert [s["attributes"]["id"] for s in stats_json] == [cid]
+        pod_usage = ctl(env, "statsp", "-s", "0.5")
+        assert pod_usage.returncode == 0, pod_usage.stderr
+        header, row = pod_usage.stdout.splitlines()[:2]
+        assert header.split() == ["POD", "POD", "ID", "CPU", "%", "MEM"]
+        assert row.split()[:2] == ["ctl-pod", pod_id[:13]] and float(row.split()[2]) >= 0
+
         streaming = ctl(env, "exec", cid, "echo", "hi")
         assert streaming.returncode == 1 and "only synchronous exec" in streaming.stderr
 
@@ -81,6 +96,8 @@ def test_container_verbs(env: ContainerEnv, tmp_path: Path) -> None:
         assert ctl(env, "stop", "-t", "5", cid).returncode == 0
         assert json.loads(ctl(env, "inspect", cid).stdout)["status"]["state"] == "CONTAINER_EXITED"
         assert ctl(env, "ps", "-a", "-q", "--state", "exited").stdout.split() == [cid]
+        assert len(ctl(env, "stats", "-s", "0").stdout.splitlines()) == 1  # header only: nothing runs
+        assert cid[:13] in ctl(env, "stats", "-a", "-s", "0").stdout
         removed = ctl(env, "rm", cid)
         assert removed.returncode == 0, removed.stderr
         assert cid not in ctl(env, "ps", "-a", "-q").stdout.split()
