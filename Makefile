@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
 # Debian packages crirt runs with, and those only its tests and benchmarks use; only missing ones are installed.
 RUNTIME_PACKAGES ?= runc conmon containernetworking-plugins iproute2 iptables catatonit util-linux
-TEST_PACKAGES ?= busybox-static docker-registry skopeo containerd nodejs npm runsc
+TEST_PACKAGES ?= busybox-static docker-registry skopeo containerd runsc
 NODE_CLIENTS := tests/support/node
 CONFIG ?=
 PYTEST_ARGS ?=
@@ -49,7 +49,9 @@ system:
 # The independent npm clients (SPDY/3.1, WebSocket) the streaming tests drive, at the versions the lock file pins.
 node: $(NODE_CLIENTS)/node_modules/.installed
 
+# Node may come from Debian or elsewhere (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
 $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
 	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

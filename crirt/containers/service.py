@@ -419,7 +419,9 @@ class ContainerService:
             return
         reason = REASON_LOST if lost else exit_reason(status.exit_code, status.oom_killed)
         record = self._put(record.model_copy(update={
-            "state": ContainerState.CONTAINER_EXITED, "finished_at": status.exited_at,
+            "state": ContainerState.CONTAINER_EXITED,
+            # conmon's exit file time is a few ms coarse: never report an end before the recorded start
+            "finished_at": max(status.exited_at, record.started_at),
             "exit_code": status.exit_code, "reason": reason, "message": lost}))
         await self._publish(record, ContainerEventType.CONTAINER_STOPPED_EVENT)
 
