@@ -156,15 +156,18 @@ class Layout:
 
     def image(self, layers: list[tuple[bytes, str]], *, user: str = "", architecture: str = "amd64",
               variant: str = "", annotations: dict[str, str] | None = None,
-              diff_ids: list[str] | None = None, layer_types: list[str] | None = None) -> dict[str, Any]:
-        """An image manifest from (tar, compression) layers; returns its descriptor (with platform)."""
+              diff_ids: list[str] | None = None, layer_types: list[str] | None = None,
+              config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An image manifest from (tar, compression) layers; returns its descriptor (with platform).
+
+        ``config`` adds to (or replaces keys of) the image config's ``config`` object: Entrypoint, Env..."""
         layer_descriptors = [self.blob(compress(tar, how), (layer_types or [])[i] if layer_types else
                                        LAYER_TYPES[how]) for i, (tar, how) in enumerate(layers)]
-        config = {"architecture": architecture, "os": "linux", **({"variant": variant} if variant else {}),
-                  "config": {"User": user, "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        document = {"architecture": architecture, "os": "linux", **({"variant": variant} if variant else {}),
+                  "config": {"User": user, "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], **(config or {})},
                   "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256(tar) for tar, _ in layers]}}
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": self.blob(json.dumps(config).encode(), OCI_CONFIG), "layers": layer_descriptors,
+                    "config": self.blob(json.dumps(document).encode(), OCI_CONFIG), "layers": layer_descriptors,
                     **({"annotations": annotations} if annotations else {})}
         descriptor = self.blob(json.dumps(manifest).encode(), OCI_MANIFEST)
         descriptor["platform"] = {"architecture": architecture, "os": "linux", **({"variant": variant} if variant
