@@ -229,6 +229,11 @@ class SandboxService:
         if (handler or self.registry.default) not in self.registry.handlers:
             self.registry.resolve(handler)  # raises the registry's INVALID_ARGUMENT
 
+    def _handler_needs_infra(self, handler: str) -> bool:
+        """Whether the handler's shim asks for an infra container in every pod (``Shim.needs_infra_container``)."""
+        entry = self.registry.handlers.get(handler or self.registry.default)
+        return bool(entry is not None and entry.shim is not None and entry.shim.needs_infra_container)
+
     # ---- RunPodSandbox --------------------------------------------------------------------------------------
 
     async def run(self, command: RunPodSandboxCommand) -> RunPodSandboxResult:
@@ -246,8 +251,9 @@ class SandboxService:
         if config.log_directory and not config.log_directory.startswith("/"):
             raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
         self._check_handler(command.runtime_handler)
+        needs_infra = plan.needs_infra or self._handler_needs_infra(command.runtime_handler)
         shim: Shim | None = None
-        if plan.needs_infra:
+        if needs_infra:
             shim = self.registry.resolve(command.runtime_handler)
             self.infra.check_prerequisites()
         network: NetworkConfig | None = None
@@ -265,7 +271,7 @@ class SandboxService:
         record = SandboxRecord(
             id=sandbox_id, config=config, runtime_handler=command.runtime_handler, created_at=time.time_ns(),
             phase=Phase.CREATING, namespace_options=options, pinned=list(plan.pinned),
-            shm=options.ipc == NamespaceMode.POD, network=network.name if network else "", infra=plan.needs_infra,
+            shm=options.ipc == NamespaceMode.POD, network=network.name if network else "", infra=needs_infra,
             cgroup_parent=parent, hostname=hostname or socket.gethostname(),
             resources=linux.resources if linux else None, overhead=linux.overhead if linux else None)
         self._put(record)

@@ -20,7 +20,7 @@ Files under the driver's ``state_dir``::
         conmon.log              what conmon printed before it detached (its errors end up here)
         oom                     created by conmon when the kernel OOM-killed the container
         exec/<exec-id>/         process.json and pid file of an exec; the output of a detached exec
-                                without a log path
+                                without a log path; runtime.log of an interactive exec
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
 from crirt.shim.cgroups import read_stats
 from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
+from crirt.shim.interactive import ForegroundExec, read_pid_file
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +240,6 @@ def _conmon_pid(files: ContainerFiles) -> int | None:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
     return pid if is_conmon_of(cmdline, files.id) else None
-
-
-def _read_pid_file(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -561,8 +555,8 @@ class ConmonRuntime:
         """Start an extra process detached (``runtime exec --detach``) and return its host pid.
 
         A detached process inherits the runtime's stdio, so its output (raw, not CRI-formatted) goes to
-        ``process.stdio.log_path``, or to ``exec/<exec id>/output`` in the container's directory. Interactive
-        and terminal exec need conmon's attach support and are not offered here."""
+        ``process.stdio.log_path``, or to ``exec/<exec id>/output`` in the container's directory. Execs with
+        stdin or a terminal are ``exec_interactive``'s."""
         if process.stdio.terminal or process.stdio.stdin or process.process.get("terminal"):
             raise InvalidArgument("a detached exec cannot have a terminal or stdin")
         exec_dir = self._write_exec_spec(self._own(container_id), process.exec_id, process.process)
@@ -586,7 +580,7 @@ class ConmonRuntime:
                 proc.kill()
                 await proc.wait()
             (exec_dir / "process.json").unlink()
-        pid = _read_pid_file(pid_file)
+        pid = read_pid_file(pid_file)
         if code != 0 or pid is None:
             text = runtime_error_text(_tail(output))
             shutil.rmtree(exec_dir, ignore_errors=True)
@@ -637,10 +631,23 @@ class ConmonRuntime:
             raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {proc.returncode}'}")
         return ExecResult(exit_code=proc.returncode or 0, stdout=stdout, stderr=stderr, timed_out=timed_out)
 
+    async def exec_interactive(self, container_id: str, process: ExecProcess) -> ForegroundExec:
+        """Start a process in the container for a streaming session: ``runtime exec`` in the foreground with
+        pipes, or a pty with ``process.stdio.terminal`` (see ``crirt.shim.interactive``). A process that cannot
+        start ends with the runtime's exit code (255 for runc) and its message on stderr or the terminal."""
+        exec_dir = self._write_exec_spec(self._own(container_id), process.exec_id,
+                                         {**process.process, "terminal": process.stdio.terminal})
+        pid_file = exec_dir / "pid"
+        # With --log the runtime's own errors go there, and to stderr as plain text instead of log lines.
+        argv = [str(self.runtime), *self.global_args, f"--log={exec_dir / 'runtime.log'}", "exec",
+                "--process", str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id]
+        return await ForegroundExec.start(argv, terminal=process.stdio.terminal, stdin=process.stdio.stdin,
+                                          pid_file=pid_file, cleanup=lambda: shutil.rmtree(exec_dir, True))
+
     @staticmethod
     async def _end_exec(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
         """SIGKILL an exec'd process (the runtime then exits by itself); kill the runtime if it does not."""
-        if (pid := _read_pid_file(pid_file)) is not None:
+        if (pid := read_pid_file(pid_file)) is not None:
             _kill_quietly(pid)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 5.0)
@@ -681,9 +688,11 @@ class ConmonRuntime:
         return self._own(container_id).attach
 
     async def resize(self, container_id: str, exec_id: str | None, width: int, height: int) -> None:
-        """Resize the container's terminal through conmon's control fifo. Execs never have a terminal here."""
+        """Resize the container's terminal through conmon's control fifo. An interactive exec's terminal is
+        resized through the object ``exec_interactive`` returned, not here."""
         if exec_id is not None:
-            raise InvalidArgument(f"exec {exec_id!r} has no terminal: this driver runs execs without one")
+            raise InvalidArgument(f"exec {exec_id!r}: resize an interactive exec through its session; "
+                                  "detached execs have no terminal")
         if not (0 <= width <= MAX_TERMINAL_SIZE and 0 <= height <= MAX_TERMINAL_SIZE):
             raise InvalidArgument(f"terminal size {width}x{height} is outside 0..{MAX_TERMINAL_SIZE}")
         files = self._own(container_id)

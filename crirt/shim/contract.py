@@ -92,12 +92,47 @@ class ExitStatus(_Data):
     oom_killed: bool = False
 
 
+class ProcessIO(abc.ABC):
+    """The standard streams and the life of one interactive process (an exec session, or an attach to a
+    container's main process). Used from one event loop; reads and writes may run concurrently."""
+
+    @abc.abstractmethod
+    async def write_stdin(self, data: bytes) -> None:
+        """Send ``data`` to the process's stdin; waits while the process does not read. Dropped once stdin is
+        closed or the process is gone."""
+
+    @abc.abstractmethod
+    async def close_stdin(self) -> None:
+        """End of input: the process reads EOF. With a terminal stdin stays open (the terminal is the input)."""
+
+    @abc.abstractmethod
+    async def read_output(self) -> tuple[int, bytes]:
+        """The next chunk of output as (1 for stdout | 2 for stderr, data); (0, b"") once all output ended.
+        With a terminal everything arrives as stdout."""
+
+    @abc.abstractmethod
+    async def resize(self, width: int, height: int) -> None:
+        """Set the terminal's size in columns and rows; nothing happens without a terminal."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to end and return its exit code (128+N when killed by signal N)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything held (idempotent). An exec'd process that still runs is killed and reaped."""
+
+
 class Shim(abc.ABC):
     """One RuntimeClass handler's access to a low-level runtime. Every method is async and idempotent
     where the CRI needs it (delete of a missing task is not an error)."""
 
     api_version: ClassVar[str]
     """The contract version the plugin was written for, e.g. ``"1.0"``."""
+
+    needs_infra_container: ClassVar[bool] = False
+    """Whether every pod of this handler gets an infra container, not only ``pid: POD`` pods (gVisor: the
+    pod's first container creates the sandbox that its other containers join)."""
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         """Validate ``options`` (raise ``ValueError`` naming the bad option) and keep them."""
@@ -134,9 +169,20 @@ class Shim(abc.ABC):
         it is killed and the result says ``timed_out``. Optional: a plugin without it answers UNIMPLEMENTED."""
         raise Unimplemented(f"shim plugin {type(self).__name__} does not support exec_sync")
 
+    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
+        """Start the process with its stdio connected to crirt (pipes, or a terminal when
+        ``process.stdio.terminal``; stdin only with ``process.stdio.stdin``) for a streaming exec session.
+        Returns as soon as the process is being started: a process that cannot start ends with a non-zero exit
+        code and the runtime's message on its stderr (or terminal). Optional: a plugin without it answers
+        UNIMPLEMENTED."""
+        raise Unimplemented(f"shim plugin {type(self).__name__} does not support interactive exec")
+
     @abc.abstractmethod
     async def attach(self, task_id: str) -> Path:
-        """Return the path of a unix socket that carries the task's stdio."""
+        """Return the path of a unix socket that carries the task's stdio, framed as conmon frames it: a
+        SOCK_SEQPACKET socket; each message a client sends is written to the task's stdin (at most 8192
+        bytes per message); each message it receives is one byte of stream id (2 stdout, 3 stderr) followed
+        by up to 8192 bytes of output. Several clients may be connected at once."""
 
     @abc.abstractmethod
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None: ...

@@ -20,7 +20,7 @@ from crirt.shim import ShimContext
 from crirt.shim.conmon import is_conmon_of
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "echo", "cat", "stty", "yes", "head", "true", "ps")
+APPLETS = ("sh", "sleep", "echo", "cat", "stty", "tty", "yes", "head", "true", "ps")
 
 if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("conmon") or not BUSYBOX.exists():
     pytest.skip("needs root, runc, conmon and a static busybox (Debian: runc conmon busybox-static)",

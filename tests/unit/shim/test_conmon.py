@@ -193,8 +193,9 @@ def test_stats_dict_leaves_out_what_could_not_be_read() -> None:
         "timestamp": 1, "memory": {"usage_bytes": 5}, "process": {"process_count": 2}}
 
 
-def test_a_plugin_without_exec_sync_answers_unimplemented() -> None:
-    """``exec_sync`` was added to the contract with a default, so plugins written before it still load."""
+def test_a_plugin_without_the_optional_methods_answers_unimplemented() -> None:
+    """``exec_sync`` and ``exec_interactive`` were added to the contract with defaults, so plugins written
+    before them still load."""
 
     async def unused(*args: object) -> None:
         raise NotImplementedError
@@ -207,3 +208,5 @@ def test_a_plugin_without_exec_sync_answers_unimplemented() -> None:
     old = OldShim(ShimContext(handler="h", root=Path("/r"), state=Path("/s")), {})
     with pytest.raises(Unimplemented, match="OldShim"):
         asyncio.run(old.exec_sync("c", ExecProcess(exec_id="e", process={}), None))
+    with pytest.raises(Unimplemented, match="OldShim does not support interactive exec"):
+        asyncio.run(old.exec_interactive("c", ExecProcess(exec_id="e", process={})))

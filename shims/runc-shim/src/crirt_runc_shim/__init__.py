@@ -17,6 +17,7 @@ from crirt.shim import (
     ExecResult,
     ExitStatus,
     HandlerFeatures,
+    ProcessIO,
     Shim,
     ShimContext,
     TaskState,
@@ -118,6 +119,9 @@ class RuncShim(Shim):
 
     async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
         return await self.runtime.exec_sync(task_id, process, time_limit)
+
+    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
+        return await self.runtime.exec_interactive(task_id, process)
 
     async def attach(self, task_id: str) -> Path:
         return self.runtime.attach_socket(task_id)

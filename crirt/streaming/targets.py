@@ -1,0 +1,279 @@
+"""What a streaming session is connected to: a process exec'd in a container, a container's main process
+(attach), or a TCP port inside a pod (port-forward).
+
+Exec asks the container's shim for an interactive process (``Shim.exec_interactive``). Attach speaks the
+attach socket protocol of the shim contract (conmon's: one SOCK_SEQPACKET message per chunk, output prefixed by
+a stream byte) and resizes through ``Shim.resize``. Port-forward connects to the port on the pod's loopback
+from a socket made inside the pod's pinned network namespace, so no process is started for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crirt.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from crirt.model.enums import ContainerState
+from crirt.sandboxes.records import Phase
+from crirt.shim.contract import ExecProcess, ProcessIO, Shim, Stdio
+
+if TYPE_CHECKING:
+    from crirt.containers.records import ContainerRecord
+    from crirt.containers.service import ContainerService
+    from crirt.sandboxes.service import SandboxService
+
+log = logging.getLogger(__name__)
+
+StdioTarget = ProcessIO
+"""A process a session drives: write stdin, read (stream, data) output, resize, wait, close. The shim contract
+defines it because an exec target is what the shim returns; the attach target below implements it too."""
+
+ATTACH_CHUNK = 8192
+"""conmon's buffer size: the most output per message after the stream byte, and the most stdin we send in one."""
+ATTACH_STREAMS = {2: 1, 3: 2}
+"""conmon's stream bytes (its pipe numbers: 1 stdin, 2 stdout, 3 stderr) to ours (1 stdout, 2 stderr)."""
+ATTACH_QUEUE = 64
+"""Messages read ahead of the consumer per attacher. Beyond that the socket fills up; conmon (in its current
+source) then stops sending output to that attacher rather than slow the container down."""
+CLONE_NEWNET = 0x40000000
+LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+
+
+def _running(containers: ContainerService, container_id: str) -> ContainerRecord:
+    record = containers.get(container_id)
+    if record.state != ContainerState.CONTAINER_RUNNING:
+        raise FailedPrecondition(f"container {record.id} is not running")
+    return record
+
+
+def exec_process(spec: dict[str, Any], cmd: list[str], tty: bool) -> dict[str, Any]:
+    """The OCI process of an exec: the container's own (user, env, cwd, capabilities...) running ``cmd``; with
+    a terminal, ``TERM=xterm`` unless the container sets TERM (as containerd and CRI-O do)."""
+    process = spec["process"]
+    env = list(process.get("env") or [])
+    if tty and not any(e.startswith("TERM=") for e in env):
+        env.append("TERM=xterm")
+    return {**process, "args": list(cmd), "env": env, "terminal": tty}
+
+
+async def open_exec(containers: ContainerService, container_id: str, cmd: list[str], *, tty: bool,
+                    stdin: bool) -> StdioTarget:
+    """Start ``cmd`` in a running container with pipes (or a terminal) for a streaming session. Closing the
+    target kills the process if it still runs."""
+    if not cmd:
+        raise InvalidArgument("exec needs a command")
+    record = _running(containers, container_id)
+    spec = json.loads(await asyncio.to_thread(Path(record.bundle, "config.json").read_text))
+    shim = containers.registry.resolve(record.runtime_handler)
+    return await shim.exec_interactive(record.id, ExecProcess(
+        exec_id=secrets.token_hex(16), process=exec_process(spec, cmd, tty), stdio=Stdio(stdin=stdin, terminal=tty)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attach
+
+
+class AttachTarget(StdioTarget):
+    """One client of a container's attach socket; several may be attached to one container at once.
+
+    ``wait`` returns the container's exit code once it has exited; ``close`` detaches (the container runs on).
+    Half-closing stdin (or detaching) closes the container's stdin if it was created with ``stdin_once``."""
+
+    def __init__(self, sock: socket.socket, shim: Shim, container_id: str, *, stdin: bool, terminal: bool) -> None:
+        self._sock = sock
+        self._shim = shim
+        self._container_id = container_id
+        self._stdin = stdin
+        self._terminal = terminal
+        self._output: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(ATTACH_QUEUE)
+        self._ended = False
+        self._receiver = asyncio.ensure_future(self._receive())
+
+    async def _receive(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while message := await loop.sock_recv(self._sock, ATTACH_CHUNK + 1):
+                stream = ATTACH_STREAMS.get(message[0])
+                if stream is not None and len(message) > 1:
+                    await self._output.put((stream, message[1:]))
+        except OSError as exc:
+            log.debug("attach socket of container %s failed: %s", self._container_id, exc)
+        finally:
+            self._ended = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._output.put_nowait((0, b""))
+
+    async def read_output(self) -> tuple[int, bytes]:
+        if self._ended and self._output.empty():
+            return 0, b""
+        return await self._output.get()
+
+    async def write_stdin(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(data), ATTACH_CHUNK):
+            if not self._stdin:
+                return
+            try:
+                await loop.sock_sendall(self._sock, data[start:start + ATTACH_CHUNK])
+            except OSError:  # conmon is gone: the container has exited
+                self._stdin = False
+
+    async def close_stdin(self) -> None:
+        if self._stdin:
+            self._stdin = False
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+
+    async def resize(self, width: int, height: int) -> None:
+        if not self._terminal:
+            return
+        try:
+            await self._shim.resize(self._container_id, None, width, height)
+        except (NotFound, FailedPrecondition) as exc:  # the container has just exited; its session ends anyway
+            log.debug("resize of container %s skipped: %s", self._container_id, exc)
+
+    async def wait(self) -> int:
+        return (await self._shim.wait(self._container_id)).exit_code
+
+    async def close(self) -> None:
+        self._receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._receiver
+        self._sock.close()
+
+
+async def _connect_attach_socket(path: Path) -> socket.socket:
+    """Connect to a SOCK_SEQPACKET socket whose path may exceed the 108 bytes of a socket address: through the
+    ``/proc/self/fd`` alias of its directory."""
+    directory = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, f"/proc/self/fd/{directory}/{path.name}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(directory)
+    return sock
+
+
+async def open_attach(containers: ContainerService, container_id: str, *, tty: bool, stdin: bool) -> StdioTarget:
+    """Attach to a running container's main process. Stdin is passed on only when asked for and the container
+    was created with stdin; the container's own terminal setting decides the output streams and resizes
+    (``tty`` is the client's wish, which kubelet and crictl take from the container anyway)."""
+    record = _running(containers, container_id)
+    shim = containers.registry.resolve(record.runtime_handler)
+    path = await shim.attach(record.id)
+    try:
+        sock = await _connect_attach_socket(path)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot attach to container {record.id}: its attach socket {path} does not "
+                                 f"answer ({exc.strerror or exc})") from None
+    log.debug("attached to container %s (tty requested %s, container tty %s)", record.id, tty, record.config.tty)
+    return AttachTarget(sock, shim, record.id, stdin=stdin and record.config.stdin, terminal=record.config.tty)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Port-forward
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _loopback_sockets(netns: Path | None) -> list[tuple[socket.socket, str]]:
+    """Unconnected TCP sockets for 127.0.0.1 and ::1 (where IPv6 exists), made in ``netns`` when given: run in
+    a thread of its own, since ``setns`` moves the calling thread."""
+    if netns is not None:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+    sockets = []
+    for family, address in LOOPBACKS:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        except OSError:
+            continue  # no IPv6 in this namespace
+        sock.setblocking(False)
+        sockets.append((sock, address))
+    return sockets
+
+
+async def _sockets_in(netns: Path) -> list[tuple[socket.socket, str]]:
+    """``_loopback_sockets`` in a fresh thread that ends right after (never a pool thread left in the pod)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[tuple[socket.socket, str]]] = loop.create_future()
+
+    def deliver(result: list[tuple[socket.socket, str]] | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            for sock, _ in result or []:
+                sock.close()
+        elif error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or [])
+
+    def work() -> None:
+        try:
+            result = _loopback_sockets(netns)
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            loop.call_soon_threadsafe(deliver, None, exc)
+        else:
+            loop.call_soon_threadsafe(deliver, result, None)
+
+    threading.Thread(target=work, name="crirt-port-dial", daemon=True).start()
+    return await done
+
+
+async def dial_pod_port(sandboxes: SandboxService, sandbox_id: str, port: int
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to TCP ``port`` on the pod's loopback (127.0.0.1, then ::1), inside the pod's network namespace;
+    on the host's loopback for a host-network pod (as containerd does). NotFound/FailedPrecondition when the pod
+    is gone or not ready, Unavailable when nothing accepts the connection."""
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"port {port} is outside 1..65535")
+    record = sandboxes.find(sandbox_id)
+    if record is None:
+        raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+    if record.phase != Phase.READY:
+        raise FailedPrecondition(f"pod sandbox {record.id} is not ready ({record.phase})")
+    if "net" in record.pinned:
+        try:
+            sockets = await _sockets_in(sandboxes.paths(record.id).namespace("net"))
+        except OSError as exc:
+            raise FailedPrecondition(f"pod sandbox {record.id} has no usable network namespace: "
+                                     f"{exc.strerror or exc}") from None
+    else:
+        sockets = _loopback_sockets(None)
+    loop = asyncio.get_running_loop()
+    errors = []
+    connected = None
+    try:
+        for sock, address in sockets:
+            try:
+                await loop.sock_connect(sock, (address, port))
+            except OSError as exc:
+                errors.append(f"{address}: {os.strerror(exc.errno) if exc.errno else exc}")
+                continue
+            streams = await asyncio.open_connection(sock=sock)
+            connected = sock
+            return streams
+    finally:
+        for sock, _ in sockets:
+            if sock is not connected:
+                sock.close()
+    raise Unavailable(f"cannot connect to port {port} in pod sandbox {record.id}: {'; '.join(errors)}")
+
