@@ -1,0 +1,179 @@
+"""crirt's gVisor shim plugin: pods in one gVisor sandbox each, run by ``runsc`` and monitored by conmon.
+
+The work is done by crirt's OCI-CLI + conmon driver, adapted to runsc's sub-containers in
+``crirt_gvisor_shim.runtime``; this module validates the options, turns them into runsc's global flags (given
+on every runsc call, as runsc requires) and reports the handler's features.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from crirt.shim import (
+    CreateTask,
+    ExecProcess,
+    ExecResult,
+    ExitStatus,
+    HandlerFeatures,
+    Shim,
+    ShimContext,
+    TaskState,
+)
+from crirt.shim.contract import ProcessIO
+from crirt_gvisor_shim.runtime import GvisorRuntime
+
+__version__ = "0.1.0"
+
+OPTIONS = ("binary", "root", "platform", "network", "overlay", "debug_log_dir", "extra_args", "conmon")
+PLATFORMS = ("ptrace", "kvm", "systrap")
+NETWORKS = ("host", "sandbox", "none")
+OVERLAY = re.compile(r"none|(root|all):(memory|/\S+)")
+DEFAULT_NETWORK = "host"
+"""On kernels that show ``/proc/sys/net/core/rmem_default`` in every network namespace (Linux 6.x), runsc
+20221219 refuses ``--network=sandbox`` everywhere ("cannot run with network enabled in root network namespace")."""
+
+
+def _executable(option: str, value: Any) -> Path:
+    """Resolve a binary option (a name looked up on PATH, or a path) to an absolute path."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"option {option!r} must be a non-empty string, not {value!r}")
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH")
+    return Path(found).absolute()
+
+
+def _choice(options: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = options.get(name, default)
+    if value not in choices:
+        raise ValueError(f"option {name!r} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return str(value)
+
+
+def _absolute(options: Mapping[str, Any], name: str, default: str | None) -> str | None:
+    value = options.get(name, default)
+    if value is not None and (not isinstance(value, str) or not value.startswith("/") or re.search(r"\s", value)):
+        raise ValueError(f"option {name!r} must be an absolute path without white space, not {value!r}")
+    return value
+
+
+def runsc_flags(options: Mapping[str, Any]) -> list[str]:
+    """runsc's global flags for the options (all but ``binary``, ``root`` and ``conmon``); ValueError naming
+    the bad option."""
+    flags = [f"--platform={_choice(options, 'platform', PLATFORMS, 'ptrace')}",
+             f"--network={_choice(options, 'network', NETWORKS, DEFAULT_NETWORK)}"]
+    overlay = options.get("overlay")
+    if overlay is not None:
+        if not isinstance(overlay, str) or not OVERLAY.fullmatch(overlay):
+            raise ValueError(f"option 'overlay' must be 'none', 'root:memory', 'all:memory' or '<root|all>:/dir', "
+                             f"not {overlay!r}")
+        flags.append(f"--overlay2={overlay}")
+    debug_log_dir = _absolute(options, "debug_log_dir", None)
+    if debug_log_dir is not None:
+        flags += ["--debug", f"--debug-log={debug_log_dir.rstrip('/')}/"]
+    extra_args = options.get("extra_args", [])
+    if not isinstance(extra_args, list) or not all(isinstance(a, str) and a and not re.search(r"\s", a)
+                                                   for a in extra_args):
+        raise ValueError(f"option 'extra_args' must be a list of non-empty strings without white space, "
+                         f"not {extra_args!r}")
+    return flags + extra_args
+
+
+def platforms_listed(help_text: str) -> list[str]:
+    """The platform names printed by ``runsc help platforms`` (one per line)."""
+    return [line.strip() for line in help_text.splitlines() if re.fullmatch(r"\s*[a-z0-9_-]+\s*", line)]
+
+
+class GvisorShim(Shim):
+    """The ``gvisor`` shim plugin (default handler name ``runsc``). Options (all optional):
+
+    - ``binary``: runsc to run, a name on PATH or a path (default ``"runsc"``)
+    - ``root``: runsc's ``--root`` state directory (default ``<handler state dir>/runsc-root``)
+    - ``platform``: ``ptrace`` (default), ``kvm`` or ``systrap`` (only where the runsc has it)
+    - ``network``: ``host`` (default here), ``sandbox`` or ``none``
+    - ``overlay``: runsc ``--overlay2``, e.g. ``"root:memory"`` (default: runsc's own, no overlay)
+    - ``debug_log_dir``: turn on ``--debug`` and write runsc's debug logs there
+    - ``extra_args``: more global runsc flags, given on every call
+    - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
+    """
+
+    api_version = "1.0"
+    needs_infra_container: ClassVar[bool] = True
+
+    def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                             f"the gvisor shim knows {', '.join(map(repr, OPTIONS))}")
+        super().__init__(context, options)
+        root = _absolute(options, "root", str(context.state / "runsc-root"))
+        assert root is not None
+        self.platform = _choice(options, "platform", PLATFORMS, "ptrace")
+        self.runtime = GvisorRuntime(
+            runtime=_executable("binary", options.get("binary", "runsc")),
+            root=Path(root),
+            state_dir=context.state,
+            conmon=_executable("conmon", options.get("conmon", "conmon")),
+            global_args=runsc_flags(options),
+        )
+
+    async def features(self) -> HandlerFeatures:
+        """Checks that this runsc has the chosen platform, then reports what the handler supports: runsc
+        20221219 has no ``features`` command, no recursive read-only mounts and no user namespaces for pods."""
+        proc = await asyncio.create_subprocess_exec(str(self.runtime.runtime), "help", "platforms",
+                                                    stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), self.runtime.command_timeout)
+        listed = platforms_listed(out.decode(errors="replace"))
+        if proc.returncode != 0 or self.platform not in listed:
+            raise ValueError(f"option 'platform': {self.runtime.runtime} does not offer {self.platform!r} "
+                             f"(it lists {', '.join(listed) or err.decode(errors='replace').strip() or 'none'})")
+        return HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
+
+    async def create(self, task: CreateTask) -> TaskState:
+        return await self.runtime.create(task)
+
+    async def start(self, task_id: str) -> TaskState:
+        await self.runtime.start(task_id)
+        return await self.runtime.state(task_id)
+
+    async def kill(self, task_id: str, signal: int, all_processes: bool = False) -> None:
+        await self.runtime.kill(task_id, signal, all_processes)
+
+    async def wait(self, task_id: str) -> ExitStatus:
+        return await self.runtime.wait(task_id)
+
+    async def delete(self, task_id: str) -> ExitStatus | None:
+        return await self.runtime.delete(task_id)
+
+    async def state(self, task_id: str) -> TaskState:
+        return await self.runtime.state(task_id)
+
+    async def exec(self, task_id: str, process: ExecProcess) -> int:
+        return await self.runtime.exec(task_id, process)
+
+    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
+        return await self.runtime.exec_sync(task_id, process, time_limit)
+
+    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
+        return await self.runtime.exec_interactive(task_id, process)
+
+    async def attach(self, task_id: str) -> Path:
+        return self.runtime.attach_socket(task_id)
+
+    async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
+        await self.runtime.resize(task_id, exec_id, width, height)
+
+    async def update(self, task_id: str, resources: dict[str, Any]) -> None:
+        await self.runtime.update(task_id, resources)
+
+    async def stats(self, task_id: str) -> dict[str, Any]:
+        return await self.runtime.stats(task_id)
+
+    async def pids(self, task_id: str) -> list[int]:
+        return await self.runtime.pids(task_id)

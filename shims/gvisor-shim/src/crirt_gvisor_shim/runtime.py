@@ -1,0 +1,282 @@
+"""crirt's OCI-CLI + conmon driver adapted to runsc: one gVisor sandbox per pod, its containers inside it.
+
+The pod's first container (crirt's infra container, annotated ``io.kubernetes.cri.container-type=sandbox``)
+creates the sandbox and runs exactly like a runc container under conmon. Every later container of the pod
+(``container-type=container`` plus ``io.kubernetes.cri.sandbox-id``) is a *sub-container*, and runsc treats
+those differently from runc in two ways that break conmon's usual model:
+
+- its stdio is that of the ``runsc start`` call (runsc hands those fds to the sandbox), not of ``runsc create``;
+- ``runsc create`` writes the *sandbox's* pid to ``--pid-file``, which is not conmon's child, so conmon finds
+  no child to wait for and records -1.
+
+So for a sub-container conmon's runtime is ``holder.sh``: it runs ``runsc create`` (which hands a terminal's
+master to conmon's console socket, if the container has one) and leaves a small shell process behind as
+conmon's child. That holder keeps conmon's stdio pipes open and, once crirt has run ``runsc start`` with those
+pipes (opened through ``/proc/<holder>/fd``), runs ``runsc wait`` and exits with the container's exit code.
+conmon then logs the container's output in CRI format and records the right exit code, and nothing lives in
+crirt's process.
+
+Files added to the driver's per-container directory (``containers/<id>/``) for a sub-container::
+
+    sandbox     the id of the pod's sandbox (root) container
+    start       fifo: crirt writes "start" after a successful ``runsc start`` ("abort" otherwise)
+    start.log   runsc's log of the ``runsc start`` call (its error message when start fails)
+    wait.log    what ``runsc wait`` printed on stderr
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from crirt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unimplemented
+from crirt.shim.conmon import (
+    UNKNOWN_EXIT_CODE,
+    ConmonRuntime,
+    ContainerFiles,
+    RuntimeFailure,
+    conmon_argv,
+    runtime_error_text,
+)
+from crirt.shim.contract import CreateTask, ExitStatus, TaskState
+
+CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+HOLDER = Path(__file__).with_name("holder.sh")
+SHELL = Path("/bin/sh")
+KILLED = 128 + 9
+
+
+def sandbox_of(annotations: dict[str, str]) -> str | None:
+    """The sandbox a container joins (``container-type=container``), or None when it creates its own sandbox
+    (``sandbox``, or no type at all, as runsc itself decides)."""
+    kind = annotations.get(CONTAINER_TYPE)
+    if kind in (None, "sandbox"):
+        return None
+    if kind != "container":
+        raise InvalidArgument(f"annotation {CONTAINER_TYPE}={kind!r}: runsc knows 'sandbox' and 'container'")
+    sandbox = annotations.get(SANDBOX_ID, "")
+    if not sandbox:
+        raise InvalidArgument(f"a gVisor container of type 'container' needs the annotation {SANDBOX_ID}")
+    return sandbox
+
+
+def uts_namespace(spec: dict[str, Any]) -> tuple[bool, str | None]:
+    """(whether the spec lists a UTS namespace, the path it joins if any)."""
+    for namespace in (spec.get("linux") or {}).get("namespaces") or []:
+        if namespace.get("type") == "uts":
+            return True, namespace.get("path") or None
+    return False, None
+
+
+async def namespace_hostname(path: str) -> str:
+    """The host name set in the UTS namespace pinned at ``path``."""
+    proc = await asyncio.create_subprocess_exec("nsenter", f"--uts={path}", "cat", "/proc/sys/kernel/hostname",
+                                                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"reading the host name of UTS namespace {path}: {err.decode(errors='replace').strip()}")
+    return out.decode().strip()
+
+
+def parse_stats_event(text: str) -> dict[str, Any]:
+    """``runsc events --stats ID`` (one JSON event, ``data`` in runc's stats layout) as the shim contract's
+    stats dict. gVisor accounts memory inside its own kernel: usage is what the container's processes use
+    there, and there is no page cache split, so the working set is the usage."""
+    event = json.loads(text)
+    data = event.get("data") or {}
+    result: dict[str, Any] = {"timestamp": time.time_ns()}
+    cpu = ((data.get("cpu") or {}).get("usage") or {}).get("total")
+    if cpu is not None:
+        result["cpu"] = {"usage_core_nano_seconds": int(cpu)}
+    memory = ((data.get("memory") or {}).get("usage") or {}).get("usage")
+    if memory is not None:
+        result["memory"] = {"usage_bytes": int(memory), "working_set_bytes": int(memory)}
+    pids = (data.get("pids") or {}).get("current")
+    if pids is not None:
+        result["process"] = {"process_count": int(pids)}
+    return result
+
+
+def _holder_pid(files: ContainerFiles) -> int | None:
+    """The holder's pid if the pid file names a live holder.sh (guards against pid reuse)."""
+    try:
+        pid = int(files.pid.read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return pid if str(HOLDER).encode() in args and files.id.encode() in args else None
+
+
+class GvisorRuntime(ConmonRuntime):
+    """The conmon driver for runsc, with sub-containers run through ``holder.sh`` (see the module docstring)."""
+
+    def _sandbox_file(self, files: ContainerFiles) -> Path:
+        return files.dir / "sandbox"
+
+    async def create(self, task: CreateTask) -> TaskState:
+        """The spec's annotations decide, as they do for runsc: a sandbox container or a sub-container."""
+        try:
+            spec = json.loads((task.bundle / "config.json").read_text())
+        except (OSError, ValueError):
+            return await super().create(task)  # the driver reports the missing or broken bundle
+        sandbox = sandbox_of(spec.get("annotations") or {})
+        if sandbox is not None:
+            return await self._create_sub_container(task, sandbox)
+        await self._name_sandbox(task.bundle, spec)
+        return await super().create(task)
+
+    async def _name_sandbox(self, bundle: Path, spec: dict[str, Any]) -> None:
+        """gVisor gives each sandbox its own UTS namespace named after the root spec's ``hostname``, ignoring the
+        namespace the spec joins: copy the host name of that namespace (the pod's) into the spec, or the node's
+        for a pod on the node's UTS namespace (hostNetwork)."""
+        listed, joined = uts_namespace(spec)
+        if spec.get("hostname") or (listed and joined is None):
+            return
+        spec["hostname"] = await namespace_hostname(joined) if joined else socket.gethostname()
+        (bundle / "config.json").write_text(json.dumps(spec))
+
+    async def _create_sub_container(self, task: CreateTask, sandbox: str) -> TaskState:
+        """conmon with ``holder.sh`` as its runtime (which runs ``runsc create``); undone on any failure."""
+        files = self.files(task.id)
+        if not (task.bundle / "config.json").is_file():
+            raise InvalidArgument(f"bundle {task.bundle} of container {task.id!r} has no config.json")
+        log_path = task.stdio.log_path
+        if log_path is not None and not log_path.parent.is_dir():
+            raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
+        if await self._lookup(task.id) is not None:
+            raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
+        if await self._lookup(sandbox) is None:
+            raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
+                                     "not know (the pod's sandbox container is gone)")
+        if files.dir.exists():
+            await self._discard(files)
+        for directory in (files.dir, files.exit.parent, files.socket_link.parent):
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._sandbox_file(files).write_text(sandbox)
+            os.mkfifo(files.dir / "start", 0o600)
+            argv = conmon_argv(conmon=self.conmon, runtime=SHELL,
+                               runtime_args=[str(HOLDER), str(self.runtime), *self.global_args, "--"],
+                               files=files, bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
+            await self._spawn_conmon(files, argv)
+        except BaseException:
+            await asyncio.shield(self._discard(files))
+            raise
+        return await self.state(task.id)
+
+    async def start(self, container_id: str) -> None:
+        """A sub-container starts with the holder's stdio (conmon's pipes); then the holder may wait for it."""
+        files = self._own(container_id)
+        if not self._sandbox_file(files).exists():
+            await super().start(container_id)
+            return
+        holder = _holder_pid(files)
+        if holder is None:
+            raise FailedPrecondition(f"container {container_id!r} has no monitor (its conmon is gone)")
+        start_log = files.dir / "start.log"
+        stdio = []
+        try:
+            for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+                try:
+                    stdio.append(os.open(f"/proc/{holder}/fd/{fd}", mode | os.O_CLOEXEC))
+                except FileNotFoundError:  # conmon gave the runtime no such stream (a terminal replaces them)
+                    stdio.append(os.open(os.devnull, mode | os.O_CLOEXEC))
+            proc = await asyncio.create_subprocess_exec(
+                str(self.runtime), *self.global_args, f"--log={start_log}", "--log-format=json", "start",
+                container_id, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        finally:
+            for fd in stdio:
+                os.close(fd)
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.command_timeout)
+        except TimeoutError:
+            raise RuntimeFailure(f"{self.name} start {container_id} did not finish within "
+                                 f"{self.command_timeout:g}s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code != 0:
+            await self._tell_holder(files, "abort")
+            text = runtime_error_text(start_log.read_text(errors="replace")) if start_log.exists() else ""
+            raise RuntimeFailure(f"{self.name} start {container_id}: {text or f'exit {code}'}")
+        if not await self._tell_holder(files, "start"):
+            raise RuntimeFailure(f"container {container_id!r} started, but its monitor is gone: its exit will "
+                                 "not be recorded")
+
+    @staticmethod
+    async def _tell_holder(files: ContainerFiles, word: str) -> bool:
+        """Write ``word`` to the holder's fifo; False if no holder is reading it."""
+        fifo = files.dir / "start"
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                # ENXIO: nobody has the fifo open for reading yet (the holder may be about to): retry briefly.
+                if exc.errno == errno.ENXIO and time.monotonic() < deadline and _holder_pid(files) is not None:
+                    await asyncio.sleep(0.01)
+                    continue
+                if exc.errno in (errno.ENXIO, errno.ENOENT):
+                    return False
+                raise
+            try:
+                os.write(fd, f"{word}\n".encode())
+            finally:
+                os.close(fd)
+            return True
+
+    async def _discard(self, files: ContainerFiles) -> None:
+        await self._end_holder(files)
+        await super()._discard(files)
+
+    async def delete(self, container_id: str) -> ExitStatus | None:
+        await self._end_holder(self.files(container_id))
+        return await super().delete(container_id)
+
+    async def _end_holder(self, files: ContainerFiles) -> None:
+        """A holder still waiting for its start is told to give up, so conmon records 128 and leaves."""
+        if (files.dir / "start").exists():
+            await self._tell_holder(files, "abort")
+
+    def exit_status(self, container_id: str) -> ExitStatus | None:
+        """conmon's record; a sub-container counts as OOM-killed when its sandbox was (the kernel's OOM killer
+        acts on the sandbox's cgroup, which conmon watches for the sandbox container only). Its processes then
+        died with the sandbox, which ``runsc wait`` cannot report (the holder records 255): they were killed, 137."""
+        status = super().exit_status(container_id)
+        try:
+            sandbox = self._sandbox_file(self.files(container_id)).read_text().strip()
+        except FileNotFoundError:
+            return status
+        if status is None or not self.files(sandbox).oom.exists():
+            return status
+        code = KILLED if status.exit_code == UNKNOWN_EXIT_CODE else status.exit_code
+        return status.model_copy(update={"oom_killed": True, "exit_code": code})
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """What the sandbox's kernel accounts for the container (``runsc events --stats``)."""
+        state = await self.state(container_id)
+        if state.status != "running":
+            raise FailedPrecondition(f"container {container_id!r} is {state.status}: runsc reports no stats")
+        try:
+            return parse_stats_event(await self._run(container_id, "events", "--stats", container_id))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RuntimeFailure(f"{self.name} events --stats {container_id}: unreadable output ({exc})") from None
+
+    async def pids(self, container_id: str) -> list[int]:
+        """The host processes that run the container: gVisor runs all of a pod's processes in its sandbox
+        process, whose pid this is (the pids ``runsc ps`` shows exist only inside the sandbox)."""
+        state = await self.state(container_id)
+        return [state.pid] if state.pid > 0 else []
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        raise Unimplemented("runsc 20221219 has no 'update' command: resources of a gVisor container cannot be "
+                            "changed while it runs")
