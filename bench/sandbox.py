@@ -144,7 +144,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def _cmdline(pid: str) -> str:
+def cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -168,7 +168,7 @@ def runtime_processes(base: Path) -> list[str]:
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError):
                 parents[entry] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
-    chosen = {pid for pid in parents if str(base) in _cmdline(pid)}
+    chosen = {pid for pid in parents if str(base) in cmdline(pid)}
     grew = True
     while grew:
         children = {pid for pid, parent in parents.items() if parent in chosen} - chosen
