@@ -1,4 +1,4 @@
-"""``crirt ctl create/start/ps/inspect/logs/exec/stats/statsp/stop/rm`` with crictl's container JSON against a real daemon."""
+"""``crirt ctl`` container verbs (create, start, ps, inspect, logs, exec, stats, statsp, stop, rm) with crictl JSON."""
 
 from __future__ import annotations
 

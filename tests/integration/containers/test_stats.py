@@ -100,7 +100,7 @@ def test_container_and_pod_stats(env: ContainerEnv, pod: str) -> None:
         assert all(s.cpu.HasField("usage_nano_cores") for s in second.values())
         assert second[busy].cpu.usage_core_nano_seconds.value > 0
         assert second[busy].cpu.usage_nano_cores.value > 10 * second[idle].cpu.usage_nano_cores.value
-        assert second[busy].cpu.usage_nano_cores.value > 50_000_000  # a busy loop gets a fair share of a core, even on a busy host
+        assert second[busy].cpu.usage_nano_cores.value > 50_000_000  # a fair share of a core, even on a busy host
 
         assert listed(env, id=busy[:12]) == {busy}
         assert listed(env, pod_sandbox_id=pod[:12]) == {busy, idle}
