@@ -14,7 +14,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "protos"
-PROTO_FILES = ["runtime/v1/api.proto"]
+PROTO_FILES = [
+    "runtime/v1/api.proto",
+    "google/rpc/status.proto",
+    "ttrpc/request.proto",
+    "containerd/types/mount.proto",
+    "containerd/types/task/task.proto",
+    "containerd/types/runc/options/oci.proto",
+    "containerd/runtime/task/v2/shim.proto",
+    "containerd/runtimeoptions/v1/api.proto",
+    "containerd/events/task.proto",
+    "containerd/services/events/ttrpc/v1/events.proto",
+]
 PLUGIN_OPTIONS = "client_generation=async,server_generation=async,google_protobuf_descriptors"
 
 

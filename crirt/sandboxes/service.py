@@ -225,9 +225,9 @@ class SandboxService:
             del self._names[record.name_key]
 
     def _check_handler(self, handler: str) -> None:
-        """The handler must be configured (INVALID_ARGUMENT naming the known ones otherwise)."""
-        if (handler or self.registry.default) not in self.registry.handlers:
-            self.registry.resolve(handler)  # raises the registry's INVALID_ARGUMENT
+        """The handler must be configured (INVALID_ARGUMENT naming the known ones) and its plugin loaded
+        (FAILED_PRECONDITION naming the problem): a pod whose containers could never run is refused."""
+        self.registry.resolve(handler)
 
     def _handler_needs_infra(self, handler: str) -> bool:
         """Whether the handler's shim asks for an infra container in every pod (``Shim.needs_infra_container``)."""

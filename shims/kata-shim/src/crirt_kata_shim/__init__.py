@@ -1,0 +1,140 @@
+"""crirt's Kata Containers shim plugin: pods in lightweight VMs, run by ``containerd-shim-kata-v2``.
+
+All the work is done by crirt's shim v2 driver (``crirt.shim.taskv2``): one Kata shim (and so one VM) per
+pod, driven over the containerd task API. This plugin validates its options, tells the shim which Kata
+configuration to use and forwards the contract's calls to the driver.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crirt.shim import (
+    CreateTask,
+    ExecProcess,
+    ExecResult,
+    ExitStatus,
+    HandlerFeatures,
+    ProcessIO,
+    Shim,
+    ShimContext,
+    TaskState,
+)
+from crirt.shim.taskv2 import ShimV2Runtime, cri_runtime_options
+
+__version__ = "0.1.0"
+
+OPTIONS = ("binary", "config_path", "env")
+DEFAULT_BINARY = "containerd-shim-kata-v2"
+CONFIG_ENV = "KATA_CONF_FILE"
+"""The environment variable Kata's shims (Go and runtime-rs) read their configuration path from."""
+
+
+def shim_binary(value: Any) -> Path:
+    """Resolve the ``binary`` option (a program on PATH or a path) to an absolute path."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"option 'binary' must be a non-empty string, not {value!r}")
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"shim binary {value!r} is not installed (no such executable file or program on PATH); "
+                         f"install Kata Containers or set the handler's options.binary")
+    return Path(found).absolute()
+
+
+def config_path(value: Any) -> Path | None:
+    """The ``config_path`` option: an existing file, or None for Kata's default search."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"option 'config_path' must be an absolute path, not {value!r}")
+    if not Path(value).is_file():
+        raise ValueError(f"option 'config_path': Kata configuration {value} does not exist")
+    return Path(value)
+
+
+def extra_env(value: Any) -> dict[str, str]:
+    """The ``env`` option: a table of strings given to the shim's environment."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise ValueError(f"option 'env' must be a table of strings, not {value!r}")
+    return dict(value)
+
+
+class KataShim(Shim):
+    """The ``kata`` shim plugin. Options (all optional):
+
+    - ``binary``: the shim v2 binary, a name on PATH or a path (default ``"containerd-shim-kata-v2"``)
+    - ``config_path``: Kata's ``configuration.toml`` (default: Kata's own search path)
+    - ``env``: extra environment variables for the shim process
+    """
+
+    api_version = "1.0"
+    needs_infra_container = True
+    """Kata makes the pod's VM for the pod's sandbox container, which the other containers then join."""
+
+    def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                             f"the kata shim knows {', '.join(map(repr, OPTIONS))}")
+        super().__init__(context, options)
+        binary = shim_binary(options.get("binary", DEFAULT_BINARY))
+        config = config_path(options.get("config_path"))
+        env = extra_env(options.get("env", {}))
+        if config is not None:
+            env[CONFIG_ENV] = str(config)
+        self.runtime = ShimV2Runtime(binary=binary, state_dir=context.state, env=env,
+                                     create_options=cri_runtime_options(str(config)) if config is not None else None)
+
+    async def features(self) -> HandlerFeatures:
+        """Nothing beyond the basics is claimed: mounts and user namespaces are the guest kernel's business."""
+        await self.runtime.recover()
+        return HandlerFeatures()
+
+    async def create(self, task: CreateTask) -> TaskState:
+        return await self.runtime.create(task)
+
+    async def start(self, task_id: str) -> TaskState:
+        return await self.runtime.start(task_id)
+
+    async def kill(self, task_id: str, signal: int, all_processes: bool = False) -> None:
+        await self.runtime.kill(task_id, signal, all_processes)
+
+    async def wait(self, task_id: str) -> ExitStatus:
+        return await self.runtime.wait(task_id)
+
+    async def delete(self, task_id: str) -> ExitStatus | None:
+        return await self.runtime.delete(task_id)
+
+    async def state(self, task_id: str) -> TaskState:
+        return await self.runtime.state(task_id)
+
+    async def exec(self, task_id: str, process: ExecProcess) -> int:
+        return await self.runtime.exec(task_id, process)
+
+    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
+        return await self.runtime.exec_sync(task_id, process, time_limit)
+
+    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
+        return await self.runtime.exec_interactive(task_id, process)
+
+    async def attach(self, task_id: str) -> Path:
+        return await self.runtime.attach(task_id)
+
+    async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
+        await self.runtime.resize(task_id, exec_id, width, height)
+
+    async def update(self, task_id: str, resources: dict[str, Any]) -> None:
+        await self.runtime.update(task_id, resources)
+
+    async def stats(self, task_id: str) -> dict[str, Any]:
+        return await self.runtime.stats(task_id)
+
+    async def pids(self, task_id: str) -> list[int]:
+        return await self.runtime.pids(task_id)
+
+    async def close(self) -> None:
+        await self.runtime.close()
