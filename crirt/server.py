@@ -30,7 +30,7 @@ from crirt.containers.stats import StatsService
 from crirt.images.service import ImageService
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
-from crirt.shim.registry import HandlerSpec, ShimRegistry
+from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
 from crirt.status import RuntimeInfo
 from crirt.store import Store
 
@@ -57,14 +57,17 @@ class App:
 
 
 def build_app(config: Config) -> App:
-    """Open the store, load the shim plugins and register every implemented command's handler."""
+    """Load the shim plugins, open the store and register every implemented command's handler."""
+    try:
+        registry = ShimRegistry.load(
+            [HandlerSpec(name, rt.shim, rt.options) for name, rt in config.runtimes.items()],
+            default=config.default_runtime, root=config.root, state=config.state,
+        )
+    except PluginConflict as exc:
+        raise StartupError(str(exc)) from None
     store = Store(config.root / "crirt.db")
     metrics = MetricsMiddleware()
     bus = Bus(subscriber_queue_size=config.event_queue_size, middleware=[logging_middleware, metrics])
-    registry = ShimRegistry.load(
-        [HandlerSpec(name, rt.shim, rt.options) for name, rt in config.runtimes.items()],
-        default=config.default_runtime, root=config.root, state=config.state,
-    )
     RuntimeInfo(config, registry, metrics, store).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)

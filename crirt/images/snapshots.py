@@ -24,6 +24,7 @@ from pathlib import Path
 
 from crirt.errors import FailedPrecondition, NotFound
 from crirt.images.unpack import disk_usage
+from crirt.network import netns
 
 MAX_MOUNT_OPTIONS = 4000
 """The kernel reads mount options from one page; leave room for the rest of the string."""
@@ -124,21 +125,33 @@ class SnapshotStore:
             raise NotFound(f"layers {missing} of the image are not on this node")
         for name in ("upper", "work", "merged"):
             (base / name).mkdir(mode=0o755)
-        lower = ":".join(_hex(c) for c in reversed(chain_ids))
-        if not lower:  # an image without layers: overlayfs still needs a lower directory
-            (base / "empty").mkdir(mode=0o755)
-            lower = str(base / "empty")
-        options = f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'},index=off"
-        if len(options) > MAX_MOUNT_OPTIONS:
+        options = self._overlay_options(base, chain_ids, absolute=True)
+        relative = len(options) > MAX_MOUNT_OPTIONS
+        if relative:  # lower dirs relative to the snapshot root keep a many-layer option string short
+            options = self._overlay_options(base, chain_ids, absolute=False)
+            if len(options) > MAX_MOUNT_OPTIONS:
+                shutil.rmtree(base)
+                raise FailedPrecondition(f"the image has too many layers ({len(chain_ids)}) for one overlay mount")
+        try:
+            if relative:  # only a child process can mount from another working directory
+                code, output = await _run("mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged"),
+                                          cwd=self.root)
+                if code:
+                    raise OSError(output)
+            else:
+                await asyncio.to_thread(netns.mount, "overlay", base / "merged", "overlay", 0, options)
+        except OSError as exc:
             shutil.rmtree(base)
-            raise FailedPrecondition(f"the image has too many layers ({len(chain_ids)}) for one overlay mount")
-        # Relative lower dirs (resolved against the snapshot root) keep the option string short.
-        code, output = await _run("mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged"),
-                                  cwd=self.root)
-        if code:
-            shutil.rmtree(base)
-            raise FailedPrecondition(f"cannot mount the rootfs of {container_id}: {output}")
+            raise FailedPrecondition(f"cannot mount the rootfs of {container_id}: {exc}") from None
         return base / "merged"
+
+    def _overlay_options(self, base: Path, chain_ids: list[str], *, absolute: bool) -> str:
+        """Overlay mount options with the layers top first (an image without layers gets an empty lower)."""
+        lower = ":".join(str(self.root / _hex(c)) if absolute else _hex(c) for c in reversed(chain_ids))
+        if not lower:
+            (base / "empty").mkdir(mode=0o755, exist_ok=True)
+            lower = str(base / "empty")
+        return f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'},index=off"
 
     def rootfs_usage(self, container_id: str) -> tuple[int, int]:
         """(bytes, inodes) of a rootfs' writable layer. Walks the tree: run it in a thread."""
@@ -152,11 +165,8 @@ class SnapshotStore:
         base = self._rootfs(container_id)
         if not base.exists():
             return
-        merged = base / "merged"
-        if os.path.ismount(merged):
-            code, output = await _run("umount", str(merged))
-            if code:
-                code, output = await _run("umount", "-l", str(merged))
-                if code:
-                    raise FailedPrecondition(f"cannot unmount the rootfs of {container_id}: {output}")
+        try:
+            await asyncio.to_thread(netns.unmount, base / "merged")
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot unmount the rootfs of {container_id}: {exc}") from None
         await asyncio.to_thread(shutil.rmtree, base)

@@ -327,6 +327,14 @@ class ConmonRuntime:
             raise RuntimeFailure(f"{self.name} {args[0]} {container_id}: {runtime_error_text(err) or f'exit {code}'}")
         return out
 
+    def _known_to_runtime(self, container_id: str) -> bool:
+        """Whether the runtime keeps state for the id under its root, checked without running it: runc and crun
+        keep a directory named after the container, runsc files whose names start with it."""
+        try:
+            return any(entry.name.startswith(container_id) for entry in os.scandir(self.root))
+        except FileNotFoundError:
+            return False
+
     async def _lookup(self, container_id: str) -> RuntimeState | None:
         """The runtime's state of a container, None if it does not know the id."""
         code, out, err = await self._call("state", container_id)
@@ -361,7 +369,7 @@ class ConmonRuntime:
         log_path = task.stdio.log_path
         if log_path is not None and not log_path.parent.is_dir():
             raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
-        if await self._lookup(task.id) is not None:
+        if self._known_to_runtime(task.id):
             raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
         if files.dir.exists():
             log.warning("removing leftovers of an earlier attempt to create container %s", task.id)
@@ -521,7 +529,7 @@ class ConmonRuntime:
         """Remove the container (killing it if it still runs) and its files; return its exit if known.
         Deleting a container that does not exist is not an error."""
         files = self.files(container_id)
-        if not files.dir.exists() and await self._lookup(container_id) is None:
+        if not files.dir.exists() and not self._known_to_runtime(container_id):
             return None
         code, _, err = await self._call("delete", "--force", container_id)
         if code != 0 and not looks_missing(runtime_error_text(err)):

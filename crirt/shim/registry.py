@@ -1,7 +1,9 @@
 """Finds shim plugins through entry points and builds the table of RuntimeClass handlers.
 
 A plugin that is missing, fails to import, or was written for another contract major version never stops
-crirt: its handlers are listed as broken, with the reason, in the log and in ``Status``.
+crirt: its handlers are listed as broken, with the reason, in the log and in ``Status``. The one exception is a
+configured plugin name that several installed distributions provide: which one would run is undefined, so
+crirt refuses to start (``PluginConflict``).
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ def _major(version: str) -> str:
     return version.split(".", 1)[0]
 
 
-def load_plugin_class(eps: list[EntryPoint]) -> type[Shim]:
+class PluginConflict(Exception):
+    """Several installed distributions provide a plugin name the config uses; crirt cannot choose one."""
+
+
+def load_plugin_class(ep: EntryPoint) -> type[Shim]:
     """Import one plugin's class and check it against the contract; raise ValueError saying what is wrong."""
-    if len(eps) > 1:
-        providers = " and ".join(_describe_entry_point(ep) for ep in eps)
-        raise ValueError(f"shim plugin {eps[0].name!r} is provided by more than one package: {providers}")
-    ep = eps[0]
     where = _describe_entry_point(ep)
     try:
         cls = ep.load()
@@ -92,10 +94,13 @@ class ShimRegistry:
         state: Path,
         available: Iterable[EntryPoint] | None = None,
     ) -> ShimRegistry:
-        """Load every plugin the specs name (once each) and instantiate one shim per handler."""
+        """Load every plugin the specs name (once each) and instantiate one shim per handler; raise
+        ``PluginConflict`` if a named plugin is provided by more than one distribution."""
+        specs = list(specs)
         found: dict[str, list[EntryPoint]] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP) if available is None else available:
             found.setdefault(ep.name, []).append(ep)
+        _refuse_conflicts(specs, found)
         classes: dict[str, type[Shim] | str] = {}
         handlers: dict[str, Handler] = {}
         for spec in specs:
@@ -156,6 +161,20 @@ class ShimRegistry:
                     log.exception("closing runtime handler %r failed", handler.name)
 
 
+def _refuse_conflicts(specs: list[HandlerSpec], found: Mapping[str, list[EntryPoint]]) -> None:
+    """Raise ``PluginConflict`` naming every distribution of each configured plugin name provided twice."""
+    lines = []
+    for plugin in dict.fromkeys(spec.plugin for spec in specs):
+        eps = found.get(plugin, [])
+        if len(eps) > 1:
+            handlers = ", ".join(repr(spec.name) for spec in specs if spec.plugin == plugin)
+            providers = " and ".join(_describe_entry_point(ep) for ep in eps)
+            lines.append(f"shim plugin {plugin!r} (used by runtime handler {handlers}) is provided by more than one "
+                         f"package: {providers}; uninstall all but one")
+    if lines:
+        raise PluginConflict("; ".join(lines))
+
+
 def _load_or_reason(plugin: str, found: Mapping[str, list[EntryPoint]]) -> type[Shim] | str:
     eps = found.get(plugin)
     if not eps:
@@ -163,6 +182,6 @@ def _load_or_reason(plugin: str, found: Mapping[str, list[EntryPoint]]) -> type[
         return (f"shim plugin {plugin!r} is not installed (no entry point {plugin!r} in group "
                 f"{ENTRY_POINT_GROUP!r}; installed plugins: {installed})")
     try:
-        return load_plugin_class(eps)
+        return load_plugin_class(eps[0])
     except ValueError as exc:
         return str(exc)

@@ -1,16 +1,21 @@
 """Shim plugin discovery through real entry points: tiny distributions are pip-installed into the running venv.
 
-The module installs (and at the end uninstalls) six throwaway distributions: a good plugin, one written for
+The module installs (and at the end uninstalls) five throwaway distributions: a good plugin, one written for
 another contract major version, one that fails to import, and two that both claim the same entry-point
 name. A real daemon configured with handlers on all of them must serve, load the good one, and report
-every broken one, with its reason, in the log and in ``Status``.
+every broken one, with its reason, in the log and in ``Status``; a daemon whose config uses the name both
+claim refuses to start. Then the example plugin of docs/plugins.md is built from the page, installed, and
+runs a pod and container on runc through a real daemon whose config only adds the page's two lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,7 +25,19 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from support.daemon import Daemon, start_daemon
+from support.daemon import CRIRT, Daemon, start_daemon, write_config
+from support.images import unmount_under
+from support.network import wait_until
+from support.pods import (
+    busybox_registry,
+    force_delete_all,
+    log_stdout,
+    oci_runtime_ids,
+    pod_config,
+    remove_pod,
+    run_container,
+    run_pod,
+)
 
 from crirt.errors import FailedPrecondition, InvalidArgument
 from crirt.shim import API_VERSION
@@ -152,25 +169,29 @@ def _write_distribution(parent: Path, dist: str, entry_point: str, class_name: s
     return root
 
 
-def _uninstall() -> None:
-    subprocess.run([*PIP, "uninstall", "-y", "-q", *DISTRIBUTIONS], capture_output=True, check=False)
+def _uninstall(*dists: str) -> None:
+    subprocess.run([*PIP, "uninstall", "-y", "-q", *dists], capture_output=True, check=False)
+    importlib.invalidate_caches()
+
+
+def _install(*dirs: str) -> None:
+    result = subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", *dirs],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
     importlib.invalidate_caches()
 
 
 @pytest.fixture(scope="module")
 def installed_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The test distributions, installed into this venv for the module and uninstalled afterwards."""
-    _uninstall()  # leftovers of a crashed earlier run
+    _uninstall(*DISTRIBUTIONS)  # leftovers of a crashed earlier run
     sources = tmp_path_factory.mktemp("plugin_sources")
     dirs = [str(_write_distribution(sources, dist, *spec)) for dist, spec in DISTRIBUTIONS.items()]
     try:
-        result = subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", *dirs],
-                                capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-        importlib.invalidate_caches()
+        _install(*dirs)
         yield
     finally:
-        _uninstall()
+        _uninstall(*DISTRIBUTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -228,20 +249,16 @@ def test_daemon_loads_good_plugin_and_reports_each_broken_one(plugin_daemon: Dae
         assert pb.grpc.RuntimeServiceStub(channel).Version(pb.VersionRequest()).runtime_name == "crirt"
 
 
-def test_entry_point_provided_by_two_distributions_is_a_clear_problem(
-        installed_plugins: None, tmp_path: Path, pb: ModuleType) -> None:
-    daemon = start_daemon(tmp_path / "d", 'default_runtime = "dup"\n[runtimes.dup]\nshim = "testshim-dup"\n')
-    try:
-        reply = _status(daemon, pb)
-        conditions = {c.type: c for c in reply.status.conditions}
-        assert not conditions["RuntimeReady"].status
-        message = conditions["ShimPluginsReady"].message
-        assert "more than one" in message, message
-        assert "crirt-testshim-dup-a" in message and "crirt-testshim-dup-b" in message, message
-        with daemon.channel() as channel:
-            assert pb.grpc.RuntimeServiceStub(channel).Version(pb.VersionRequest()).runtime_name == "crirt"
-    finally:
-        assert daemon.stop() == 0, daemon.log_text()
+def test_entry_point_provided_by_two_distributions_is_a_startup_error(installed_plugins: None, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.toml", tmp_path, '[runtimes.dup]\nshim = "testshim-dup"\n')
+    result = subprocess.run([*CRIRT, "serve", "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("crirt: shim plugin 'testshim-dup' (used by runtime handler 'dup') is provided by more "
+                           "than one package: "), result.stderr
+    assert "crirt-testshim-dup-a 0.1.0" in last and "crirt-testshim-dup-b 0.1.0" in last, last
+    assert not (tmp_path / "crirt.sock").exists()
 
 
 def test_registry_resolve_names_unknown_and_broken_handlers(installed_plugins: None, tmp_path: Path) -> None:
@@ -258,3 +275,76 @@ def test_registry_resolve_names_unknown_and_broken_handlers(installed_plugins: N
     assert "'broken'" in str(broken.value) and "failed to import" in str(broken.value)
     assert IMPORT_ERROR in str(broken.value)
 
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
+EXAMPLE_DIST = "crirt-example-shim"
+MISSING_FOR_EXAMPLE = [tool for tool in ("runc", "conmon") if not shutil.which(tool)]
+MISSING_FOR_EXAMPLE += [] if Path("/bin/busybox").exists() else ["/bin/busybox (busybox-static)"]
+MISSING_FOR_EXAMPLE += [] if os.geteuid() == 0 else ["root"]
+
+
+def doc_files() -> dict[str, str]:
+    """The code blocks of docs/plugins.md that start with a comment naming a file, by that name."""
+    files = {}
+    for body in re.findall(r"^```(?:toml|python)\n(.*?)^```$", DOC.read_text(), re.MULTILINE | re.DOTALL):
+        first = body.partition("\n")[0]
+        if first.startswith("# "):
+            files[first[2:]] = body
+    return files
+
+
+@pytest.fixture(scope="module")
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The example plugin built from docs/plugins.md, pip-installed for the module; yields the page's config."""
+    files = doc_files()
+    source = tmp_path_factory.mktemp("example") / EXAMPLE_DIST
+    source.mkdir()
+    for name in ("pyproject.toml", "crirt_example_shim.py"):
+        (source / name).write_text(files[name])
+    _uninstall(EXAMPLE_DIST)
+    try:
+        _install(str(source))
+        yield files["/etc/crirt/config.toml"]
+    finally:
+        _uninstall(EXAMPLE_DIST)
+
+
+@pytest.mark.skipif(bool(MISSING_FOR_EXAMPLE), reason=f"needs {', '.join(MISSING_FOR_EXAMPLE)}")
+def test_example_plugin_from_the_docs_runs_a_container(example_plugin: str, tmp_path: Path, pb: ModuleType) -> None:
+    handler = re.findall(r"^\[runtimes\.([\w-]+)\]$", example_plugin, re.MULTILINE)[0]
+    greeting = re.findall(r'greeting = "([^"]*)"', example_plugin)[0]
+    plugin_state = tmp_path / "d" / "state" / "shims" / handler
+    logs = tmp_path / "logs"
+    with busybox_registry(tmp_path) as image:
+        daemon = start_daemon(tmp_path / "d", example_plugin, registries="")
+        sandbox_id = ""
+        try:
+            with daemon.channel() as channel:
+                runtime = pb.grpc.RuntimeServiceStub(channel)
+                handlers = json.loads(runtime.Status(pb.StatusRequest(verbose=True)).info["handlerStatus"])
+                assert handlers[handler]["shim"] == "example" and handlers[handler]["ready"], handlers
+                pb.grpc.ImageServiceStub(channel).PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)),
+                                                            timeout=60)
+                sandbox_id = run_pod(runtime, pb, pod_config(pb, "greeter", logs, network="NODE"), handler)
+                status = runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
+                assert status.runtime_handler == handler
+                container_id = run_container(runtime, pb, sandbox_id, image, "hello",
+                                             'echo "greeting: $EXAMPLE_GREETING"; exec /bin/busybox sleep 1000')
+                # The plugin's marks: the variable it adds to every container, and runc state under its own root
+                # (the pod's infra container, for its shared PID namespace, went through the plugin as well).
+                wait_until(lambda: f"greeting: {greeting}\n" in log_stdout(logs / "hello.log"), 10)
+                assert sorted(oci_runtime_ids("runc", plugin_state / "root")) == sorted([sandbox_id, container_id])
+                assert (plugin_state / "containers" / container_id / "conmon.pid").exists()
+
+                remove_pod(runtime, pb, sandbox_id)
+                sandbox_id = ""
+                assert oci_runtime_ids("runc", plugin_state / "root") == []
+                assert list((plugin_state / "containers").iterdir()) == []
+        finally:
+            if sandbox_id:
+                with daemon.channel() as channel, contextlib.suppress(Exception):
+                    remove_pod(pb.grpc.RuntimeServiceStub(channel), pb, sandbox_id)
+            daemon.stop()
+            force_delete_all("runc", plugin_state / "root")
+            unmount_under(tmp_path)

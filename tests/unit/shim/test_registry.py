@@ -12,7 +12,7 @@ import pytest
 
 from crirt.errors import FailedPrecondition, InvalidArgument
 from crirt.shim import HandlerFeatures, Shim
-from crirt.shim.registry import HandlerSpec, ShimRegistry
+from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
 
 
 async def _not_used_here(self, *args: object) -> None:
@@ -67,7 +67,6 @@ def test_unknown_handler_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(("plugin", "problem"), [
     ("future", "built for shim API 2.0, but crirt .* speaks shim API 1.0"),
     ("odd", "is not a crirt.shim.Shim subclass"),
-    ("twice", "provided by more than one package"),
     ("absent", "is not installed"),
 ])
 def test_broken_plugins_are_reported_not_fatal(plugin: str, problem: str) -> None:
@@ -76,3 +75,15 @@ def test_broken_plugins_are_reported_not_fatal(plugin: str, problem: str) -> Non
     assert len(registry.problems) == 1
     with pytest.raises(FailedPrecondition, match=problem):
         registry.resolve("b")
+
+
+def test_a_configured_plugin_provided_twice_refuses_to_load() -> None:
+    with pytest.raises(PluginConflict, match=r"shim plugin 'twice' \(used by runtime handler 'b', 'c'\) is "
+                                             r"provided by more than one package: fake_shims:GoodShim and "
+                                             r"fake_shims:GoodShim"):
+        load([HandlerSpec("runc", "good"), HandlerSpec("b", "twice"), HandlerSpec("c", "twice")])
+
+
+def test_a_plugin_provided_twice_but_not_configured_is_ignored() -> None:
+    registry = load([HandlerSpec("runc", "good")])
+    assert registry.default_ready() and registry.problems == []
