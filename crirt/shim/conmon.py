@@ -613,8 +613,8 @@ class ConmonRuntime:
         readers: list[asyncio.Future[bytes]] = []
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(self.runtime), *self.global_args, "exec", "--process", str(exec_dir / "process.json"),
-                "--pid-file", str(pid_file), container_id,
+                str(self.runtime), *self.global_args, "exec", *self._exec_flags(exec_dir), "--process",
+                str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             assert proc.stdout is not None and proc.stderr is not None
             readers = [asyncio.ensure_future(_read_capped(s, EXEC_OUTPUT_LIMIT)) for s in (proc.stdout, proc.stderr)]
@@ -625,7 +625,7 @@ class ConmonRuntime:
                 timed_out = True
             finally:
                 if proc.returncode is None:  # timed out or cancelled: end the process, then the runtime
-                    await self._end_exec(proc, pid_file)
+                    await self._end_exec(proc, container_id, exec_dir)
             # A background child of the process may hold the pipes open: give the readers only a moment.
             await asyncio.wait(readers, timeout=1.0)
             stdout, stderr = (r.result() if r.done() else b"" for r in readers)
@@ -652,11 +652,19 @@ class ConmonRuntime:
         return await ForegroundExec.start(argv, terminal=process.stdio.terminal, stdin=process.stdio.stdin,
                                           pid_file=pid_file, cleanup=lambda: shutil.rmtree(exec_dir, True))
 
-    @staticmethod
-    async def _end_exec(proc: asyncio.subprocess.Process, pid_file: Path) -> None:
-        """SIGKILL an exec'd process (the runtime then exits by itself); kill the runtime if it does not."""
-        if (pid := read_pid_file(pid_file)) is not None:
+    def _exec_flags(self, exec_dir: Path) -> list[str]:
+        """More flags for the runtime's ``exec`` in ``exec_sync`` (none for runc): a hook for drivers whose
+        runtime needs them to kill the process later (see ``_kill_exec``)."""
+        return []
+
+    async def _kill_exec(self, container_id: str, exec_dir: Path) -> None:
+        """SIGKILL an exec'd process: runc's pid file holds its host pid."""
+        if (pid := read_pid_file(exec_dir / "pid")) is not None:
             _kill_quietly(pid)
+
+    async def _end_exec(self, proc: asyncio.subprocess.Process, container_id: str, exec_dir: Path) -> None:
+        """SIGKILL an exec'd process (the runtime then exits by itself); kill the runtime if it does not."""
+        await self._kill_exec(container_id, exec_dir)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 5.0)
         except TimeoutError:

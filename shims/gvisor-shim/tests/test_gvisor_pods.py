@@ -126,9 +126,11 @@ def test_exec_sync_output_and_exit_code(env: GvisorEnv, pod: tuple[str, Path]) -
     assert (reply.stdout, reply.stderr, reply.exit_code) == (b"out\n", b"err\n", 3)
     assert exec_sync(env, cid, "/bin/busybox", "hostname").stdout.decode().strip() == hostname_of(env, sandbox_id)
     with pytest.raises(grpc.RpcError) as caught:
-        env.runtime.ExecSync(env.pb.ExecSyncRequest(container_id=cid, cmd=["/bin/busybox", "sleep", "5"], timeout=1),
-                             timeout=30)
+        env.runtime.ExecSync(env.pb.ExecSyncRequest(container_id=cid, cmd=["/bin/busybox", "sleep", "555"],
+                                                    timeout=1), timeout=30)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    processes = exec_sync(env, cid, "/bin/busybox", "ps", "-o", "args").stdout.decode()
+    assert "sleep 1000" in processes and "sleep 555" not in processes  # killed inside the sandbox too
 
 
 def hostname_of(env: GvisorEnv, sandbox_id: str) -> str:

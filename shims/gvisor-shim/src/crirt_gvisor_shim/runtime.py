@@ -277,6 +277,21 @@ class GvisorRuntime(ConmonRuntime):
         state = await self.state(container_id)
         return [state.pid] if state.pid > 0 else []
 
+    def _exec_flags(self, exec_dir: Path) -> list[str]:
+        """runsc's ``--pid-file`` names the host ``runsc exec`` process; the process to kill on a timeout is
+        the one inside the sandbox, whose pid ``--internal-pid-file`` records."""
+        return ["--internal-pid-file", str(exec_dir / "internal-pid")]
+
+    async def _kill_exec(self, container_id: str, exec_dir: Path) -> None:
+        """Kill the exec'd process inside the sandbox (``runsc kill --pid``), then the host side."""
+        try:
+            pid = int((exec_dir / "internal-pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0:
+            await self._call("kill", "--pid", str(pid), container_id, "9")
+        await super()._kill_exec(container_id, exec_dir)
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         raise Unimplemented("runsc 20221219 has no 'update' command: resources of a gVisor container cannot be "
                             "changed while it runs")
