@@ -24,7 +24,7 @@ test: system venv node
 proto: venv
 	$(PY) tools/genproto.py
 
-BENCHES ?= list_containers pull sandbox lifecycle
+BENCHES ?= list_containers pull sandbox lifecycle handlers
 
 bench: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
 bench: system venv

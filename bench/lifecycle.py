@@ -98,7 +98,7 @@ class Memory:
         return self.daemon_rss + self.monitors_rss
 
 
-def _sizes_kib(pid: str) -> tuple[int, int]:
+def sizes_kib(pid: str) -> tuple[int, int]:
     """(PSS, RSS) of a process in KiB; zeros if it is gone."""
     try:
         lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]  # after the [rollup] header
@@ -130,7 +130,7 @@ def measure_memory(base: Path) -> Memory:
     daemons = {pid for pid in pids if f"--config {base}/" in sandbox.cmdline(pid)}
     memory = Memory()
     for pid in pids:
-        pss, rss = _sizes_kib(pid)
+        pss, rss = sizes_kib(pid)
         ancestor = pid
         while ancestor not in monitors and ancestor not in daemons and ancestor not in ("0", "1"):
             ancestor = _parent(ancestor)
@@ -176,11 +176,12 @@ class Workload:
     """The config of every pod made here, by id: CreateContainer carries it along (containerd reads the log
     directory from it)."""
 
-    def run_pod(self, index: int) -> str:
+    def run_pod(self, index: int, handler: str = "") -> str:
         config = sandbox.pod_config(self.pb, index, self.pb.CONTAINER)
         config.log_directory = str(self.base / "logs" / config.metadata.name)
         config.linux.cgroup_parent = self.cgroup_parent
-        pod_id = self.stub.RunPodSandbox(self.pb.RunPodSandboxRequest(config=config), timeout=TIMEOUT).pod_sandbox_id
+        request = self.pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
+        pod_id = self.stub.RunPodSandbox(request, timeout=TIMEOUT).pod_sandbox_id
         self.pods[pod_id] = config
         return pod_id
 
