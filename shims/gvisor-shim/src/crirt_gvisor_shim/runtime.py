@@ -151,9 +151,9 @@ class GvisorRuntime(ConmonRuntime):
         log_path = task.stdio.log_path
         if log_path is not None and not log_path.parent.is_dir():
             raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
-        if await self._lookup(task.id) is not None:
+        if self._known_to_runtime(task.id):
             raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
-        if await self._lookup(sandbox) is None:
+        if not self._known_to_runtime(sandbox):
             raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
                                      "not know (the pod's sandbox container is gone)")
         if files.dir.exists():
@@ -166,11 +166,11 @@ class GvisorRuntime(ConmonRuntime):
             argv = conmon_argv(conmon=self.conmon, runtime=SHELL,
                                runtime_args=[str(HOLDER), str(self.runtime), *self.global_args, "--"],
                                files=files, bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
-            await self._spawn_conmon(files, argv)
+            holder = await self._spawn_conmon(files, argv)
         except BaseException:
             await asyncio.shield(self._discard(files))
             raise
-        return await self.state(task.id)
+        return TaskState(id=task.id, status="created", pid=holder)
 
     async def start(self, container_id: str) -> None:
         """A sub-container starts with the holder's stdio (conmon's pipes); then the holder may wait for it."""
