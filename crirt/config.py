@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from crirt.images.config import ImagesConfig, RegistryConfig
@@ -74,6 +74,30 @@ class GrpcConfig(_Section):
     max_send_message_size: int = Field(16 * MIB, ge=1024)
 
 
+class StreamingConfig(_Section):
+    """The streaming server behind Exec, Attach and PortForward URLs."""
+
+    address: str = Field("127.0.0.1", description="IP address the streaming server listens on")
+    port: int = Field(0, ge=0, le=65535, description="TCP port; 0 picks a free one at start")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate; with tls_key_file, serve https")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    idle_timeout: float = Field(4 * 3600.0, gt=0, description="seconds a stream connection may stay silent")
+    stream_creation_timeout: float = Field(30.0, gt=0, description="seconds a client has to open its streams")
+    token_ttl: float = Field(60.0, gt=0, description="seconds a streaming URL stays valid")
+    max_tokens: int = Field(1000, ge=1, description="unused streaming URLs kept at most")
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))  # ValueError names the bad address
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> StreamingConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
+
+
 class Config(BaseSettings):
     """The whole configuration; ``crirt config`` prints the effective one."""
 
@@ -97,6 +121,7 @@ class Config(BaseSettings):
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     registries: dict[str, RegistryConfig] = Field(default_factory=dict, description="per registry host")
     sandboxes: SandboxesConfig = Field(default_factory=SandboxesConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
 
     @field_validator("runtimes", mode="before")
     @classmethod

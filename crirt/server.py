@@ -33,6 +33,7 @@ from crirt.sandboxes.service import SandboxService
 from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
 from crirt.status import RuntimeInfo
 from crirt.store import Store
+from crirt.streaming.service import StreamingService
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class App:
     sandboxes: SandboxService
     images: ImageService
     containers: ContainerService
+    streaming: StreamingService
 
 
 def build_app(config: Config) -> App:
@@ -79,9 +81,11 @@ def build_app(config: Config) -> App:
     containers.register(bus)
     sandboxes.containers = containers
     StatsService(containers, registry, sandboxes, images.snapshots).register(bus)
+    streaming = StreamingService(config.streaming, containers, sandboxes)
+    streaming.register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
     frontend = Frontend(bus, limits, hot_path_encoders())
-    return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers)
+    return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers, streaming)
 
 
 async def _socket_is_live(path: Path) -> bool:
@@ -130,6 +134,11 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
     await app.registry.probe_features()
     await app.sandboxes.start()  # default network, then finish what a crash left, before serving
     await app.containers.resume()
+    try:
+        await app.streaming.start()  # Exec/Attach/PortForward hand out its URLs from the first call on
+    except OSError as exc:
+        raise StartupError(f"cannot start the streaming server on {config.streaming.address} port "
+                           f"{config.streaming.port}: {exc.strerror or exc}") from None
     serving = ServiceStatus()
     serving.set(True)
     server = Server(_services(app, serving), codec=PassThroughCodec())
@@ -160,6 +169,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+        await app.streaming.close()  # ends every session: exec processes are killed, attaches detached
         await app.containers.close()
         await app.sandboxes.close()
         await app.registry.close()

@@ -13,6 +13,7 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Lis
                "PullImage", "ImageStatus", "ListImages", "StreamImages", "RemoveImage", "ImageFsInfo",
                "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
                "ExecSync", "ReopenContainerLog", "GetContainerEvents", "UpdateContainerResources",
+               "Exec", "Attach", "PortForward",
                "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
                "StreamContainerStats", "StreamPodSandboxStats", "ListMetricDescriptors", "ListPodSandboxMetrics",
                "StreamPodSandboxMetrics"}

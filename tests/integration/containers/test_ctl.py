@@ -88,8 +88,8 @@ def test_container_verbs(env: ContainerEnv, tmp_path: Path) -> None:
         assert header.split() == ["POD", "POD", "ID", "CPU", "%", "MEM"]
         assert row.split()[:2] == ["ctl-pod", pod_id[:13]] and float(row.split()[2]) >= 0
 
-        streaming = ctl(env, "exec", cid, "echo", "hi")
-        assert streaming.returncode == 1 and "only synchronous exec" in streaming.stderr
+        streaming = ctl(env, "exec", cid, "echo", "hi")  # without -s: through the streaming server
+        assert (streaming.returncode, streaming.stdout) == (0, "hi\n"), streaming.stderr
 
         refused = ctl(env, "rm", cid)
         assert refused.returncode == 1 and "--force" in refused.stderr
