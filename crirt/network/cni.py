@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crirt import proc
 from crirt.errors import CrirtError
-from crirt.network import proc
 
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 POD_IFNAME = "eth0"

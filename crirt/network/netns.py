@@ -27,8 +27,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from crirt import proc
 from crirt.errors import CrirtError
-from crirt.network import proc
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4

@@ -1,4 +1,4 @@
-"""Running short helper processes (CNI plugins, unshare) from the event loop, fast and cancellation-safe.
+"""Running short helper processes (CNI plugins, unshare, runtime CLIs) from the event loop, fast and cancellation-safe.
 
 Why not ``asyncio.create_subprocess_exec``: on uvloop (crirt's loop) it spawns with libuv's ``fork()``, which
 copies the page tables of the whole daemon and measured about twice as slow per process as CPython's
@@ -44,7 +44,8 @@ async def _read_all(pipe: IO[bytes]) -> bytes:
         transport.close()
 
 
-async def _exited(proc: subprocess.Popen[bytes]) -> int:
+async def wait_exit(proc: subprocess.Popen[Any]) -> int:
+    """The exit code of a child started with ``subprocess.Popen``, awaited without blocking the loop."""
     loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -75,7 +76,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
 
     async def finish() -> Completed:
         out, err, code = await asyncio.gather(_read_all(proc.stdout), _read_all(proc.stderr),  # type: ignore[arg-type]
-                                              _exited(proc))
+                                              wait_exit(proc))
         return Completed(code, out, err)
 
     work: asyncio.Future[Any] = asyncio.ensure_future(finish())

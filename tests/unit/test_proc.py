@@ -1,4 +1,4 @@
-"""crirt.network.proc: output, exit codes, stdin from a file descriptor, time limits and cancellation."""
+"""crirt.proc: output, exit codes, stdin from a file descriptor, time limits and cancellation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from crirt.network import proc
+from crirt import proc
 
 
 def test_output_and_exit_code() -> None:
