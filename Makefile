@@ -24,10 +24,10 @@ test: system venv node
 proto: venv
 	$(PY) tools/genproto.py
 
-BENCHES ?= list_containers pull sandbox lifecycle handlers
+BENCHES ?= list_containers pull sandbox lifecycle handlers streaming
 
 bench: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
-bench: system venv
+bench: system venv node
 	for b in $(BENCHES); do $(PY) bench/$$b.py || exit 1; done
 
 venv: $(VENV)/.installed

@@ -185,10 +185,10 @@ class Workload:
         self.pods[pod_id] = config
         return pod_id
 
-    def create(self, pod_id: str, name: str) -> str:
+    def create(self, pod_id: str, name: str, script: str = SCRIPT) -> str:
         pb = self.pb
         config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=self.image),
-                                    command=["/bin/sh", "-c", SCRIPT], log_path=f"{name}/0.log",
+                                    command=["/bin/sh", "-c", script], log_path=f"{name}/0.log",
                                     labels={"io.kubernetes.container.name": name})
         request = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=self.pods[pod_id])
         return self.stub.CreateContainer(request, timeout=TIMEOUT).container_id
