@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -201,26 +202,45 @@ def test_grace_period_bounds_the_drain(instrumented: tuple[Daemon, Path], pb: Mo
     assert (markers / "cancelled").exists()
 
 
-def test_health_service(daemon: Daemon) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+HEALTH_CLIENT = """
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "runtime.v1.RuntimeService", "runtime.v1.ImageService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+"""
 
-    with daemon.channel() as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "runtime.v1.RuntimeService", "runtime.v1.ImageService"):
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+REFLECTION_CLIENT = """
+import sys
+import grpc
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"runtime.v1.RuntimeService", "runtime.v1.ImageService", "grpc.health.v1.Health"} <= services, services
+    pool = DescriptorPool(database)
+    runtime = pool.FindServiceByName("runtime.v1.RuntimeService")
+    image = pool.FindServiceByName("runtime.v1.ImageService")
+    assert len(runtime.methods) + len(image.methods) == 41
+    assert pool.FindMessageTypeByName("runtime.v1.ContainerConfig").fields_by_name["CDI_devices"].number == 17
+"""
+
+
+def run_client(script: str, daemon: Daemon) -> None:
+    """Run a grpcio client in a process of its own: its generated health and reflection modules cannot share
+    protobuf's default descriptor pool with grpclib's, which this test process may have loaded (crirt.server)."""
+    done = subprocess.run([sys.executable, "-c", script, daemon.endpoint], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_health_service(daemon: Daemon) -> None:
+    run_client(HEALTH_CLIENT, daemon)
 
 
 def test_reflection_lists_and_describes_the_cri_services(daemon: Daemon) -> None:
-    from google.protobuf.descriptor_pool import DescriptorPool
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-    with daemon.channel() as channel:
-        database = ProtoReflectionDescriptorDatabase(channel)
-        services = set(database.get_services())
-        assert {"runtime.v1.RuntimeService", "runtime.v1.ImageService", "grpc.health.v1.Health"} <= services
-        pool = DescriptorPool(database)
-        runtime = pool.FindServiceByName("runtime.v1.RuntimeService")
-        image = pool.FindServiceByName("runtime.v1.ImageService")
-        assert len(runtime.methods) + len(image.methods) == 41
-        assert pool.FindMessageTypeByName("runtime.v1.ContainerConfig").fields_by_name["CDI_devices"].number == 17
+    run_client(REFLECTION_CLIENT, daemon)

@@ -5,6 +5,7 @@ as the daemon does), driven through the bus, because the targets are called with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Coroutine, Iterator
@@ -154,7 +155,15 @@ async def run_to_end(local: Local, cid: str, cmd: list[str]) -> tuple[dict[int, 
 
 
 def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+    """The pipes and terminals this process holds (what an exec session opens): other descriptors come and go
+    with the rest of crirt (store, watchers), which runs in this process too."""
+    held = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if target.startswith(("pipe:", "/dev/pts/", "/dev/ptmx")):
+                held.add(f"{name}->{target}")
+    return held
 
 
 def test_exec_with_pipes_stdin_eof_and_exit_code(local: Local, idle: str) -> None:
