@@ -14,11 +14,13 @@ from crirt.shim.contract import (
     Stdio,
     TaskState,
 )
+from crirt.shim.delegating import DelegatingShim, ShimDriver
 
 __all__ = [
     "API_VERSION",
     "ENTRY_POINT_GROUP",
     "CreateTask",
+    "DelegatingShim",
     "ExecProcess",
     "ExecResult",
     "ExitStatus",
@@ -26,6 +28,7 @@ __all__ = [
     "ProcessIO",
     "Shim",
     "ShimContext",
+    "ShimDriver",
     "Stdio",
     "TaskState",
 ]

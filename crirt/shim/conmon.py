@@ -459,9 +459,10 @@ class ConmonRuntime:
         files.exit.unlink(missing_ok=True)
         shutil.rmtree(files.dir, ignore_errors=True)
 
-    async def start(self, container_id: str) -> None:
+    async def start(self, container_id: str) -> TaskState:
         """Start a created container's init process."""
         await self._run(container_id, "start", container_id)
+        return TaskState(id=container_id, status="running", pid=read_pid_file(self.files(container_id).pid) or 0)
 
     async def kill(self, container_id: str, sig: int, all_processes: bool = False) -> None:
         """Signal the init process (or every process, with ``all_processes``). A stopped container has
@@ -683,6 +684,9 @@ class ConmonRuntime:
         finally:
             spec.unlink(missing_ok=True)
 
+    async def close(self) -> None:
+        """Nothing to release: every container's conmon goes on without crirt."""
+
     async def stats(self, container_id: str) -> dict[str, Any]:
         """A sample of the container's cgroup counters (see ``crirt.shim.cgroups.CgroupStats.as_dict``)."""
         state = await self.state(container_id)
@@ -695,7 +699,7 @@ class ConmonRuntime:
 
     # -- conmon's sockets and fifos
 
-    def attach_socket(self, container_id: str) -> Path:
+    async def attach(self, container_id: str) -> Path:
         """The unix socket on which conmon serves the container's stdio (one byte of stream id per frame).
 
         Its path can exceed the 108 bytes a socket address holds; connect through a short alias such as

@@ -14,17 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crirt.shim import (
-    CreateTask,
-    ExecProcess,
-    ExecResult,
-    ExitStatus,
-    HandlerFeatures,
-    Shim,
-    ShimContext,
-    TaskState,
-)
-from crirt.shim.contract import ProcessIO
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
@@ -89,7 +79,7 @@ def platforms_listed(help_text: str) -> list[str]:
     return [line.strip() for line in help_text.splitlines() if re.fullmatch(r"\s*[a-z0-9_-]+\s*", line)]
 
 
-class GvisorShim(Shim):
+class GvisorShim(DelegatingShim):
     """The ``gvisor`` shim plugin (default handler name ``runsc``). Options (all optional):
 
     - ``binary``: runsc to run, a name on PATH or a path (default ``"runsc"``)
@@ -135,45 +125,3 @@ class GvisorShim(Shim):
                              f"(it lists {', '.join(listed) or err.decode(errors='replace').strip() or 'none'})")
         return HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
 
-    async def create(self, task: CreateTask) -> TaskState:
-        return await self.runtime.create(task)
-
-    async def start(self, task_id: str) -> TaskState:
-        await self.runtime.start(task_id)
-        return await self.runtime.state(task_id)
-
-    async def kill(self, task_id: str, signal: int, all_processes: bool = False) -> None:
-        await self.runtime.kill(task_id, signal, all_processes)
-
-    async def wait(self, task_id: str) -> ExitStatus:
-        return await self.runtime.wait(task_id)
-
-    async def delete(self, task_id: str) -> ExitStatus | None:
-        return await self.runtime.delete(task_id)
-
-    async def state(self, task_id: str) -> TaskState:
-        return await self.runtime.state(task_id)
-
-    async def exec(self, task_id: str, process: ExecProcess) -> int:
-        return await self.runtime.exec(task_id, process)
-
-    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
-        return await self.runtime.exec_sync(task_id, process, time_limit)
-
-    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
-        return await self.runtime.exec_interactive(task_id, process)
-
-    async def attach(self, task_id: str) -> Path:
-        return self.runtime.attach_socket(task_id)
-
-    async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
-        await self.runtime.resize(task_id, exec_id, width, height)
-
-    async def update(self, task_id: str, resources: dict[str, Any]) -> None:
-        await self.runtime.update(task_id, resources)
-
-    async def stats(self, task_id: str) -> dict[str, Any]:
-        return await self.runtime.stats(task_id)
-
-    async def pids(self, task_id: str) -> list[int]:
-        return await self.runtime.pids(task_id)

@@ -172,12 +172,11 @@ class GvisorRuntime(ConmonRuntime):
             raise
         return TaskState(id=task.id, status="created", pid=holder)
 
-    async def start(self, container_id: str) -> None:
+    async def start(self, container_id: str) -> TaskState:
         """A sub-container starts with the holder's stdio (conmon's pipes); then the holder may wait for it."""
         files = self._own(container_id)
         if not self._sandbox_file(files).exists():
-            await super().start(container_id)
-            return
+            return await super().start(container_id)
         holder = _holder_pid(files)
         if holder is None:
             raise FailedPrecondition(f"container {container_id!r} has no monitor (its conmon is gone)")
@@ -211,6 +210,7 @@ class GvisorRuntime(ConmonRuntime):
         if not await self._tell_holder(files, "start"):
             raise RuntimeFailure(f"container {container_id!r} started, but its monitor is gone: its exit will "
                                  "not be recorded")
+        return TaskState(id=container_id, status="running", pid=holder)
 
     @staticmethod
     async def _tell_holder(files: ContainerFiles, word: str) -> bool:

@@ -12,17 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.shim import (
-    CreateTask,
-    ExecProcess,
-    ExecResult,
-    ExitStatus,
-    HandlerFeatures,
-    ProcessIO,
-    Shim,
-    ShimContext,
-    TaskState,
-)
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext
 from crirt.shim.taskv2 import ShimV2Runtime, cri_runtime_options
 
 __version__ = "0.1.0"
@@ -63,7 +53,7 @@ def extra_env(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-class KataShim(Shim):
+class KataShim(DelegatingShim):
     """The ``kata`` shim plugin. Options (all optional):
 
     - ``binary``: the shim v2 binary, a name on PATH or a path (default ``"containerd-shim-kata-v2"``)
@@ -94,47 +84,3 @@ class KataShim(Shim):
         await self.runtime.recover()
         return HandlerFeatures()
 
-    async def create(self, task: CreateTask) -> TaskState:
-        return await self.runtime.create(task)
-
-    async def start(self, task_id: str) -> TaskState:
-        return await self.runtime.start(task_id)
-
-    async def kill(self, task_id: str, signal: int, all_processes: bool = False) -> None:
-        await self.runtime.kill(task_id, signal, all_processes)
-
-    async def wait(self, task_id: str) -> ExitStatus:
-        return await self.runtime.wait(task_id)
-
-    async def delete(self, task_id: str) -> ExitStatus | None:
-        return await self.runtime.delete(task_id)
-
-    async def state(self, task_id: str) -> TaskState:
-        return await self.runtime.state(task_id)
-
-    async def exec(self, task_id: str, process: ExecProcess) -> int:
-        return await self.runtime.exec(task_id, process)
-
-    async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
-        return await self.runtime.exec_sync(task_id, process, time_limit)
-
-    async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO:
-        return await self.runtime.exec_interactive(task_id, process)
-
-    async def attach(self, task_id: str) -> Path:
-        return await self.runtime.attach(task_id)
-
-    async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
-        await self.runtime.resize(task_id, exec_id, width, height)
-
-    async def update(self, task_id: str, resources: dict[str, Any]) -> None:
-        await self.runtime.update(task_id, resources)
-
-    async def stats(self, task_id: str) -> dict[str, Any]:
-        return await self.runtime.stats(task_id)
-
-    async def pids(self, task_id: str) -> list[int]:
-        return await self.runtime.pids(task_id)
-
-    async def close(self) -> None:
-        await self.runtime.close()
