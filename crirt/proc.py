@@ -18,7 +18,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,40 @@ class ProcessTimeout(Exception):
     """The process ran past its time limit and was killed."""
 
 
-async def _read_all(pipe: IO[bytes]) -> bytes:
+async def readable(fd: int) -> None:
+    """Wait until ``fd`` can be read (or has hung up)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(loop=loop)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
     try:
-        return await reader.read()
+        await ready
     finally:
-        transport.close()
+        loop.remove_reader(fd)
+
+
+async def read_pipe(fd: int, *, line: bool = False) -> bytes:
+    """Read a non-blocking pipe end to EOF (with ``line``: up to the first newline). The descriptor stays the
+    caller's to close: handing it to the loop's pipe transports would close it twice on uvloop (the file
+    object, then libuv), and a thread that reused the number in between would lose its descriptor."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            await readable(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if line and b"\n" in chunk:
+            return b"".join(chunks)
+
+
+def nonblocking_pipe() -> tuple[int, int]:
+    """A pipe whose read end (ours) does not block; both ends close on exec."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    return read_end, write_end
 
 
 async def wait_exit(proc: subprocess.Popen[Any]) -> int:
@@ -68,15 +94,27 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
     """Run ``argv`` to completion (``stdin``: a file descriptor, default /dev/null); never raises for a
     non-zero exit. ``ProcessTimeout`` after ``time_limit`` seconds (the process is killed); OSError if it
     cannot be started."""
-    # Popen returns as soon as the vfork()ed child has exec'd (about a millisecond): fine on the loop.
-    proc = subprocess.Popen(  # noqa: ASYNC220
-        list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=None if env is None else dict(env), close_fds=True)
-    assert proc.stdout is not None and proc.stderr is not None
+    out_r, out_w = nonblocking_pipe()
+    err_r, err_w = nonblocking_pipe()
+    try:
+        # Popen returns as soon as the vfork()ed child has exec'd (about a millisecond): fine on the loop.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=out_w, stderr=err_w,
+            env=None if env is None else dict(env), close_fds=True)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w):
+            os.close(fd)
 
     async def finish() -> Completed:
-        out, err, code = await asyncio.gather(_read_all(proc.stdout), _read_all(proc.stderr),  # type: ignore[arg-type]
-                                              wait_exit(proc))
+        try:
+            out, err, code = await asyncio.gather(read_pipe(out_r), read_pipe(err_r), wait_exit(proc))
+        finally:
+            for fd in (out_r, err_r):
+                os.close(fd)
         return Completed(code, out, err)
 
     work: asyncio.Future[Any] = asyncio.ensure_future(finish())

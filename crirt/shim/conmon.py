@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
-from crirt.proc import ProcessTimeout, wait_exit
+from crirt.proc import ProcessTimeout, nonblocking_pipe, read_pipe, wait_exit
 from crirt.proc import run as run_process
 from crirt.shim.cgroups import read_stats
 from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
@@ -384,15 +384,7 @@ class ConmonRuntime:
 
     async def _spawn_conmon(self, files: ContainerFiles, argv: list[str]) -> int:
         """Start conmon in its own session and read the container pid it reports on the sync pipe."""
-        read_fd, write_fd = os.pipe()
-        sync_pipe = asyncio.StreamReader()
-        try:
-            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(sync_pipe), os.fdopen(read_fd, "rb", buffering=0))
-        except BaseException:
-            os.close(read_fd)
-            os.close(write_fd)
-            raise
+        read_fd, write_fd = nonblocking_pipe()
         try:
             try:
                 conmon_log = os.open(files.conmon_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -413,7 +405,7 @@ class ConmonRuntime:
                 if code != 0:
                     raise RuntimeFailure(f"conmon failed for container {files.id} (exit {code}): "
                                          f"{self._conmon_output(files)}")
-                line = await asyncio.wait_for(sync_pipe.readline(), self.command_timeout)
+                line = (await asyncio.wait_for(read_pipe(read_fd, line=True), self.command_timeout)).split(b"\n")[0]
             except TimeoutError:
                 raise RuntimeFailure(f"{self.name} create {files.id} did not finish within "
                                      f"{self.command_timeout:g}s") from None
@@ -422,7 +414,7 @@ class ConmonRuntime:
                     child.kill()
                 await waiting
         finally:
-            transport.close()
+            os.close(read_fd)
         if not line:
             raise RuntimeFailure(f"conmon exited before reporting container {files.id}'s pid: "
                                  f"{self._conmon_output(files)}")
