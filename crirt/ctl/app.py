@@ -132,3 +132,13 @@ def ago(created_at_ns: int, now: float | None = None) -> str:
     if hours < 48:
         return f"{hours} hours ago"
     return f"{round(seconds / 86400)} days ago"
+
+
+def human_size(size: float, digits: int = 3) -> str:
+    """A byte count as crictl prints it: decimal units, ``digits`` significant digits (images 3, stats 4)."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    unit = 0
+    while size >= 1000 and unit < len(units) - 1:
+        size /= 1000
+        unit += 1
+    return f"{size:.{digits}g}{units[unit]}"

@@ -22,7 +22,7 @@ from crirt._gen.runtime.v1 import (
     RemoveImageRequest,
 )
 from crirt.api.convert import to_message
-from crirt.ctl.app import app, call_images, call_runtime, print_table
+from crirt.ctl.app import app, call_images, call_runtime, human_size, print_table
 from crirt.ctl.sandboxes import ConfigFileError, load_sandbox_config
 
 NO_PULL_DEADLINE = 24 * 3600.0
@@ -32,16 +32,6 @@ NO_PULL_DEADLINE = 24 * 3600.0
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"crirt ctl: {message}", err=True)
     return typer.Exit(1)
-
-
-def human_size(size: float) -> str:
-    """Decimal units with three significant digits, as crictl prints sizes (``2.16MB``)."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB"]
-    unit = 0
-    while size >= 1000 and unit < len(units) - 1:
-        size /= 1000
-        unit += 1
-    return f"{size:.3g}{units[unit]}"
 
 
 def _short(text: str) -> str:

@@ -22,18 +22,7 @@ from crirt._gen.runtime.v1 import (
     ListPodSandboxStatsRequest,
     PodSandboxStatsFilter,
 )
-from crirt.ctl.app import app, call_runtime, fail, parse_labels, print_listing
-
-UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
-
-
-def human_size(size: float) -> str:
-    """A byte count the way crictl prints it: decimal units, four significant digits (``1.229MB``)."""
-    unit = 0
-    while size >= 1000 and unit < len(UNITS) - 1:
-        size /= 1000
-        unit += 1
-    return f"{size:.4g}{UNITS[unit]}"
+from crirt.ctl.app import app, call_runtime, fail, human_size, parse_labels, print_listing
 
 
 def cpu_percent(cpu: Any) -> str:
@@ -82,8 +71,8 @@ def stats(
     def row(item: Any) -> tuple[str, ...]:
         attributes, memory, layer = item.attributes, item.memory, item.writable_layer
         return (attributes.id[:13], attributes.metadata.name if attributes.metadata else "", cpu_percent(item.cpu),
-                human_size(memory.working_set_bytes.value) if memory and memory.working_set_bytes else "",
-                human_size(layer.used_bytes.value) if layer and layer.used_bytes else "",
+                human_size(memory.working_set_bytes.value, 4) if memory and memory.working_set_bytes else "",
+                human_size(layer.used_bytes.value, 4) if layer and layer.used_bytes else "",
                 str(layer.inodes_used.value) if layer and layer.inodes_used else "")
 
     print_listing(items, "stats", False, output, ("CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"), row)
@@ -109,6 +98,6 @@ def statsp(
         memory = linux.memory if linux else None
         return (attributes.metadata.name if attributes and attributes.metadata else "",
                 attributes.id[:13] if attributes else "", cpu_percent(linux.cpu if linux else None),
-                human_size(memory.working_set_bytes.value) if memory and memory.working_set_bytes else "")
+                human_size(memory.working_set_bytes.value, 4) if memory and memory.working_set_bytes else "")
 
     print_listing(items, "stats", False, output, ("POD", "POD ID", "CPU %", "MEM"), row)

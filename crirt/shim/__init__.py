@@ -15,6 +15,7 @@ from crirt.shim.contract import (
     TaskState,
 )
 from crirt.shim.delegating import DelegatingShim, ShimDriver
+from crirt.shim.options import executable
 
 __all__ = [
     "API_VERSION",
@@ -31,4 +32,5 @@ __all__ = [
     "ShimDriver",
     "Stdio",
     "TaskState",
+    "executable",
 ]

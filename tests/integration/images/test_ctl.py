@@ -11,7 +11,7 @@ from support.daemon import Daemon
 from support.images import Catalog, StartDaemon
 from support.registry import RemoteRegistry
 
-from crirt.ctl.images import human_size
+from crirt.ctl.app import human_size
 
 
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -22,6 +22,7 @@ def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 def test_human_sizes_match_crictl() -> None:
     assert [human_size(n) for n in (0, 999, 1000, 2_160_000, 158_595_183, 1_234_567_890)] == [
         "0B", "999B", "1kB", "2.16MB", "159MB", "1.23GB"]
+    assert human_size(1_228_800, 4) == "1.229MB"  # crictl stats prints four digits
 
 
 def test_pull_images_inspecti_rmi_imagefsinfo(crirt_daemon: StartDaemon, catalog: Catalog, tmp_path: Path) -> None:

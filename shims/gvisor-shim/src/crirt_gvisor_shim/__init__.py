@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
@@ -27,15 +26,6 @@ DEFAULT_NETWORK = "host"
 """On kernels that show ``/proc/sys/net/core/rmem_default`` in every network namespace (Linux 6.x), runsc
 20221219 refuses ``--network=sandbox`` everywhere ("cannot run with network enabled in root network namespace")."""
 
-
-def _executable(option: str, value: Any) -> Path:
-    """Resolve a binary option (a name looked up on PATH, or a path) to an absolute path."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"option {option!r} must be a non-empty string, not {value!r}")
-    found = shutil.which(value)
-    if found is None:
-        raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH")
-    return Path(found).absolute()
 
 
 def _choice(options: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -105,10 +95,10 @@ class GvisorShim(DelegatingShim):
         assert root is not None
         self.platform = _choice(options, "platform", PLATFORMS, "ptrace")
         self.runtime = GvisorRuntime(
-            runtime=_executable("binary", options.get("binary", "runsc")),
+            runtime=executable("binary", options.get("binary", "runsc")),
             root=Path(root),
             state_dir=context.state,
-            conmon=_executable("conmon", options.get("conmon", "conmon")),
+            conmon=executable("conmon", options.get("conmon", "conmon")),
             global_args=runsc_flags(options),
         )
 

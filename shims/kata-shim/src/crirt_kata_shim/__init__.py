@@ -7,12 +7,11 @@ configuration to use and forwards the contract's calls to the driver.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
 from crirt.shim.taskv2 import ShimV2Runtime, cri_runtime_options
 
 __version__ = "0.1.0"
@@ -21,17 +20,6 @@ OPTIONS = ("binary", "config_path", "env")
 DEFAULT_BINARY = "containerd-shim-kata-v2"
 CONFIG_ENV = "KATA_CONF_FILE"
 """The environment variable Kata's shims (Go and runtime-rs) read their configuration path from."""
-
-
-def shim_binary(value: Any) -> Path:
-    """Resolve the ``binary`` option (a program on PATH or a path) to an absolute path."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"option 'binary' must be a non-empty string, not {value!r}")
-    found = shutil.which(value)
-    if found is None:
-        raise ValueError(f"shim binary {value!r} is not installed (no such executable file or program on PATH); "
-                         f"install Kata Containers or set the handler's options.binary")
-    return Path(found).absolute()
 
 
 def config_path(value: Any) -> Path | None:
@@ -71,7 +59,8 @@ class KataShim(DelegatingShim):
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
                              f"the kata shim knows {', '.join(map(repr, OPTIONS))}")
         super().__init__(context, options)
-        binary = shim_binary(options.get("binary", DEFAULT_BINARY))
+        binary = executable("binary", options.get("binary", DEFAULT_BINARY),
+                            "Kata Containers is not installed: install it or set the handler's options.binary")
         config = config_path(options.get("config_path"))
         env = extra_env(options.get("env", {}))
         if config is not None:

@@ -6,27 +6,17 @@ options, points the driver at runc, and reports runc's features.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
 from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
 
 OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon")
 
-
-def _executable(option: str, value: Any) -> Path:
-    """Resolve a binary option (a name looked up on PATH, or a path) to an absolute path."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"option {option!r} must be a non-empty string, not {value!r}")
-    found = shutil.which(value)
-    if found is None:
-        raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH")
-    return Path(found).absolute()
 
 
 def features_from(runtime_features: Mapping[str, Any] | None) -> HandlerFeatures:
@@ -74,10 +64,10 @@ class RuncShim(DelegatingShim):
         if not isinstance(extra_args, list) or not all(isinstance(a, str) and a for a in extra_args):
             raise ValueError(f"option 'extra_args' must be a list of non-empty strings, not {extra_args!r}")
         self.runtime = ConmonRuntime(
-            runtime=_executable("binary", options.get("binary", "runc")),
+            runtime=executable("binary", options.get("binary", "runc")),
             root=Path(root),
             state_dir=context.state,
-            conmon=_executable("conmon", options.get("conmon", "conmon")),
+            conmon=executable("conmon", options.get("conmon", "conmon")),
             global_args=extra_args,
             systemd_cgroup=systemd_cgroup,
         )

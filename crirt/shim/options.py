@@ -1,0 +1,19 @@
+"""Checks plugins share when they validate their options."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def executable(option: str, value: Any, hint: str = "") -> Path:
+    """Resolve a binary option (a program on PATH, or a path) to an absolute path; ValueError naming the
+    option otherwise, with ``hint`` (what to install or set) appended."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"option {option!r} must be a non-empty string, not {value!r}")
+    found = shutil.which(value)
+    if found is None:
+        raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH"
+                         + (f"; {hint}" if hint else ""))
+    return Path(found).absolute()
