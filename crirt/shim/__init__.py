@@ -15,7 +15,7 @@ from crirt.shim.contract import (
     TaskState,
 )
 from crirt.shim.delegating import DelegatingShim, ShimDriver
-from crirt.shim.options import executable
+from crirt.shim.options import check_known, executable
 
 __all__ = [
     "API_VERSION",
@@ -32,5 +32,6 @@ __all__ = [
     "ShimDriver",
     "Stdio",
     "TaskState",
+    "check_known",
     "executable",
 ]

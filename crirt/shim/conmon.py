@@ -360,19 +360,8 @@ class ConmonRuntime:
 
         On any failure, and on cancellation, everything this call made is removed again: conmon, the
         runtime's container and the files."""
-        files = self.files(task.id)
-        if not (task.bundle / "config.json").is_file():
-            raise InvalidArgument(f"bundle {task.bundle} of container {task.id!r} has no config.json")
-        log_path = task.stdio.log_path
-        if log_path is not None and not log_path.parent.is_dir():
-            raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
-        if self._known_to_runtime(task.id):
-            raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
-        if files.dir.exists():
-            log.warning("removing leftovers of an earlier attempt to create container %s", task.id)
-            await self._discard(files)
-        for directory in (files.dir, files.exit.parent, files.socket_link.parent, self.root):
-            directory.mkdir(parents=True, exist_ok=True)
+        self._check_new(task)
+        files = await self._fresh_files(task.id)
         argv = conmon_argv(conmon=self.conmon, runtime=self.runtime, runtime_args=self.global_args, files=files,
                            bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
         try:
@@ -381,6 +370,26 @@ class ConmonRuntime:
             await asyncio.shield(self._discard(files))
             raise
         return TaskState(id=task.id, status="created", pid=pid)
+
+    def _check_new(self, task: CreateTask) -> None:
+        """What must hold before a container is created: a bundle, a log directory, an id not yet taken."""
+        if not (task.bundle / "config.json").is_file():
+            raise InvalidArgument(f"bundle {task.bundle} of container {task.id!r} has no config.json")
+        log_path = task.stdio.log_path
+        if log_path is not None and not log_path.parent.is_dir():
+            raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
+        if self._known_to_runtime(task.id):
+            raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
+
+    async def _fresh_files(self, container_id: str) -> ContainerFiles:
+        """The container's directories, empty: leftovers of an earlier attempt are removed first."""
+        files = self.files(container_id)
+        if files.dir.exists():
+            log.warning("removing leftovers of an earlier attempt to create container %s", container_id)
+            await self._discard(files)
+        for directory in (files.dir, files.exit.parent, files.socket_link.parent, self.root):
+            directory.mkdir(parents=True, exist_ok=True)
+        return files
 
     async def _spawn_conmon(self, files: ContainerFiles, argv: list[str]) -> int:
         """Start conmon in its own session and read the container pid it reports on the sync pipe."""

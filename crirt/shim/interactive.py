@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crirt.errors import InvalidArgument
-from crirt.proc import wait_exit
+from crirt.proc import readable, wait_exit
 from crirt.shim.contract import ProcessIO
 
 log = logging.getLogger(__name__)
@@ -149,16 +149,6 @@ class ForegroundExec(ProcessIO):
 
     # -- output
 
-    @staticmethod
-    async def _readable(fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _wake, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
     async def _pump(self, fd: int, stream: int) -> None:
         """Move the output of one descriptor into the queue until EOF (EIO for a pty nobody holds any more)."""
         try:
@@ -166,7 +156,7 @@ class ForegroundExec(ProcessIO):
                 try:
                     data = os.read(fd, OUTPUT_CHUNK)
                 except BlockingIOError:
-                    await self._readable(fd)
+                    await readable(fd)
                     continue
                 except OSError as exc:
                     if exc.errno != errno.EIO:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,3 +18,12 @@ def executable(option: str, value: Any, hint: str = "") -> Path:
         raise ValueError(f"option {option!r}: {value!r} is not an executable file or a program on PATH"
                          + (f"; {hint}" if hint else ""))
     return Path(found).absolute()
+
+
+def check_known(options: Mapping[str, Any], known: Iterable[str], plugin: str) -> None:
+    """ValueError listing the options ``plugin`` does not know, and those it does."""
+    names = tuple(known)
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"the {plugin} shim knows {', '.join(map(repr, names))}")

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import secrets
 import socket
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crirt.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from crirt.model.enums import ContainerState
+from crirt.network.netns import run_in_netns
 from crirt.sandboxes.records import Phase
 from crirt.shim.contract import ExecProcess, ProcessIO, Shim, Stdio
 
@@ -44,7 +43,6 @@ ATTACH_STREAMS = {2: 1, 3: 2}
 ATTACH_QUEUE = 64
 """Messages read ahead of the consumer per attacher. Beyond that the socket fills up; conmon (in its current
 source) then stops sending output to that attacher rather than slow the container down."""
-CLONE_NEWNET = 0x40000000
 LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
 
 
@@ -187,20 +185,8 @@ async def open_attach(containers: ContainerService, container_id: str, *, tty: b
 # Port-forward
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _loopback_sockets(netns: Path | None) -> list[tuple[socket.socket, str]]:
-    """Unconnected TCP sockets for 127.0.0.1 and ::1 (where IPv6 exists), made in ``netns`` when given: run in
-    a thread of its own, since ``setns`` moves the calling thread."""
-    if netns is not None:
-        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-        finally:
-            os.close(fd)
+def _loopback_sockets() -> list[tuple[socket.socket, str]]:
+    """Unconnected TCP sockets for 127.0.0.1 and ::1 (where IPv6 exists), in the calling thread's namespace."""
     sockets = []
     for family, address in LOOPBACKS:
         try:
@@ -212,30 +198,9 @@ def _loopback_sockets(netns: Path | None) -> list[tuple[socket.socket, str]]:
     return sockets
 
 
-async def _sockets_in(netns: Path) -> list[tuple[socket.socket, str]]:
-    """``_loopback_sockets`` in a fresh thread that ends right after (never a pool thread left in the pod)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[tuple[socket.socket, str]]] = loop.create_future()
-
-    def deliver(result: list[tuple[socket.socket, str]] | None, error: BaseException | None) -> None:
-        if done.cancelled():
-            for sock, _ in result or []:
-                sock.close()
-        elif error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result or [])
-
-    def work() -> None:
-        try:
-            result = _loopback_sockets(netns)
-        except BaseException as exc:  # delivered to the awaiting coroutine
-            loop.call_soon_threadsafe(deliver, None, exc)
-        else:
-            loop.call_soon_threadsafe(deliver, result, None)
-
-    threading.Thread(target=work, name="crirt-port-dial", daemon=True).start()
-    return await done
+def _close_all(sockets: list[tuple[socket.socket, str]]) -> None:
+    for sock, _ in sockets:
+        sock.close()
 
 
 async def dial_pod_port(sandboxes: SandboxService, sandbox_id: str, port: int
@@ -252,12 +217,13 @@ async def dial_pod_port(sandboxes: SandboxService, sandbox_id: str, port: int
         raise FailedPrecondition(f"pod sandbox {record.id} is not ready ({record.phase})")
     if "net" in record.pinned:
         try:
-            sockets = await _sockets_in(sandboxes.paths(record.id).namespace("net"))
+            sockets = await run_in_netns(sandboxes.paths(record.id).namespace("net"), _loopback_sockets,
+                                         discard=_close_all)
         except OSError as exc:
             raise FailedPrecondition(f"pod sandbox {record.id} has no usable network namespace: "
                                      f"{exc.strerror or exc}") from None
     else:
-        sockets = _loopback_sockets(None)
+        sockets = _loopback_sockets()
     loop = asyncio.get_running_loop()
     errors = []
     connected = None

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
@@ -86,10 +86,7 @@ class GvisorShim(DelegatingShim):
     needs_infra_container: ClassVar[bool] = True
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
-                             f"the gvisor shim knows {', '.join(map(repr, OPTIONS))}")
+        check_known(options, OPTIONS, "gvisor")
         super().__init__(context, options)
         root = _absolute(options, "root", str(context.state / "runsc-root"))
         assert root is not None

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crirt.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unimplemented
+from crirt.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from crirt.proc import run as run_process
 from crirt.proc import wait_exit
 from crirt.shim.conmon import (
@@ -146,21 +146,11 @@ class GvisorRuntime(ConmonRuntime):
 
     async def _create_sub_container(self, task: CreateTask, sandbox: str) -> TaskState:
         """conmon with ``holder.sh`` as its runtime (which runs ``runsc create``); undone on any failure."""
-        files = self.files(task.id)
-        if not (task.bundle / "config.json").is_file():
-            raise InvalidArgument(f"bundle {task.bundle} of container {task.id!r} has no config.json")
-        log_path = task.stdio.log_path
-        if log_path is not None and not log_path.parent.is_dir():
-            raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
-        if self._known_to_runtime(task.id):
-            raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
+        self._check_new(task)
         if not self._known_to_runtime(sandbox):
             raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
                                      "not know (the pod's sandbox container is gone)")
-        if files.dir.exists():
-            await self._discard(files)
-        for directory in (files.dir, files.exit.parent, files.socket_link.parent):
-            directory.mkdir(parents=True, exist_ok=True)
+        files = await self._fresh_files(task.id)
         try:
             self._sandbox_file(files).write_text(sandbox)
             os.mkfifo(files.dir / "start", 0o600)

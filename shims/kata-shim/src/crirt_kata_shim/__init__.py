@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
 from crirt.shim.taskv2 import ShimV2Runtime, cri_runtime_options
 
 __version__ = "0.1.0"
@@ -54,10 +54,7 @@ class KataShim(DelegatingShim):
     """Kata makes the pod's VM for the pod's sandbox container, which the other containers then join."""
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
-                             f"the kata shim knows {', '.join(map(repr, OPTIONS))}")
+        check_known(options, OPTIONS, "kata")
         super().__init__(context, options)
         binary = executable("binary", options.get("binary", DEFAULT_BINARY),
                             "Kata Containers is not installed: install it or set the handler's options.binary")

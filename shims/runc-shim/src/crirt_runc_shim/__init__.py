@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
 from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
@@ -49,10 +49,7 @@ class RuncShim(DelegatingShim):
     api_version = "1.0"
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
-                             f"the runc shim knows {', '.join(map(repr, OPTIONS))}")
+        check_known(options, OPTIONS, "runc")
         super().__init__(context, options)
         root = options.get("root", str(context.state / "runc-root"))
         if not isinstance(root, str) or not root.startswith("/"):
