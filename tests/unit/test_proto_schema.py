@@ -6,21 +6,22 @@ upstream reference (cri-api v0.36.3, kept in ``<shared>/cri-api/api.proto``)
 with grpcio-tools and requires the two FileDescriptorProtos to be byte-for-byte
 equal once source info (comments, line numbers) is stripped.
 
-The reference is located through ``$CRIRT_SHARED_DIR`` if set, otherwise the
-``shared/`` directory next to the repository root.  If it cannot be found the
-test fails: a missing reference must never turn into a silent pass.
+The reference is located by ``support.shared.shared_dir`` (``$CRIRT_SHARED_DIR``,
+else ``shared/`` beside the checkout or beside the repository it was cloned
+from).  If it cannot be found the test fails: a missing reference must never
+turn into a silent pass.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+from support.shared import shared_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OURS = REPO_ROOT / "protos" / "runtime" / "v1" / "api.proto"
@@ -28,15 +29,8 @@ PROTO_NAME = "runtime/v1/api.proto"
 EXPECTED_RPC_COUNT = 41
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("CRIRT_SHARED_DIR")
-    if env:
-        return Path(env)
-    return REPO_ROOT.parent / "shared"
-
-
 def _reference_proto() -> Path:
-    ref = _shared_dir() / "cri-api" / "api.proto"
+    ref = shared_dir() / "cri-api" / "api.proto"
     if not ref.is_file():
         pytest.fail(
             f"upstream CRI reference schema not found at {ref}; set CRIRT_SHARED_DIR "

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
-import os
 from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2, text_format
 from grpc_tools import protoc
+from support.shared import shared_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTOS = REPO_ROOT / "protos"
@@ -30,10 +30,6 @@ FILES = {
     "ttrpc/request.proto": ("ttrpc", "request.proto"),
 }
 RENAMES = {ours: ref for ours, (_, ref) in FILES.items()}
-
-
-def _shared_dir() -> Path:
-    return Path(os.environ.get("CRIRT_SHARED_DIR") or REPO_ROOT.parent / "shared")
 
 
 def _compile(includes: list[Path], name: str, out: Path) -> descriptor_pb2.FileDescriptorProto:
@@ -52,7 +48,7 @@ def _compile(includes: list[Path], name: str, out: Path) -> descriptor_pb2.FileD
 @pytest.mark.parametrize("ours_name", sorted(FILES))
 def test_proto_is_wire_identical_to_upstream(ours_name: str, tmp_path: Path) -> None:
     ref_dir, ref_name = FILES[ours_name]
-    ref_root = _shared_dir() / ref_dir
+    ref_root = shared_dir() / ref_dir
     if not (ref_root / ref_name).is_file():
         pytest.fail(f"upstream reference {ref_root / ref_name} not found; set CRIRT_SHARED_DIR", pytrace=False)
     ours = _compile([PROTOS], ours_name, tmp_path / "ours.pb")
