@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from crirt.commands.base import Command, Result
 from crirt.model.base import Model
@@ -212,3 +212,20 @@ async def logging_middleware(command: Command, call_next: CallNext) -> Any:
         raise
     log.debug("%s done in %.1f ms", command.rpc, (time.perf_counter() - start) * 1e3)
     return result
+
+
+class Flushable(Protocol):
+    async def flush(self) -> None: ...
+
+
+def durable(store: Flushable) -> Middleware:
+    """Answers no command before every write it made is on disk (the store commits writes in groups, off the
+    loop); also when the command failed, since undoing it wrote too."""
+
+    async def flush_after(command: Command, call_next: CallNext) -> Any:
+        try:
+            return await call_next(command)
+        finally:
+            await store.flush()
+
+    return flush_after

@@ -62,9 +62,22 @@ class CniConfig(_Section):
 class SandboxesConfig(_Section):
     """How pod sandboxes are set up and torn down."""
 
-    stop_grace_period: float = Field(2.0, ge=0, description="seconds StopPodSandbox waits after SIGTERM")
     shm_size: int = Field(64 * MIB, ge=4096, description="bytes of each pod's /dev/shm tmpfs")
     infra_binary: Path = Field(Path("/usr/bin/catatonit"), description="static init run as pid: POD infra")
+
+
+class StatsConfig(_Section):
+    """How container and pod stats are collected."""
+
+    collect_interval: float = Field(0.5, ge=0, description="seconds a stats sample is reused for")
+    max_concurrency: int = Field(8, ge=1, description="containers sampled at once")
+    fs_usage_interval: float = Field(10.0, ge=0, description="seconds filesystem usage (a tree walk) is reused")
+
+
+class DebugConfig(_Section):
+    """Diagnostics that cost something and are off by default."""
+
+    loop_stall_ms: int = Field(0, ge=0, description="log event-loop stalls longer than this (0: off)")
 
 
 class GrpcConfig(_Section):
@@ -122,6 +135,8 @@ class Config(BaseSettings):
     registries: dict[str, RegistryConfig] = Field(default_factory=dict, description="per registry host")
     sandboxes: SandboxesConfig = Field(default_factory=SandboxesConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("runtimes", mode="before")
     @classmethod

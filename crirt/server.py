@@ -22,7 +22,7 @@ from crirt._gen.google_proto_descriptor_pool import default_google_proto_descrip
 from crirt.api.codec import PassThroughCodec
 from crirt.api.encoders import hot_path_encoders
 from crirt.api.frontend import Frontend, Limits
-from crirt.bus import Bus, MetricsMiddleware, logging_middleware
+from crirt.bus import Bus, MetricsMiddleware, durable, logging_middleware
 from crirt.config import Config
 from crirt.containers.queries import ContainerQueries
 from crirt.containers.service import ContainerService
@@ -31,6 +31,7 @@ from crirt.images.service import ImageService
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
 from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
+from crirt.stalls import StallWatch
 from crirt.status import RuntimeInfo
 from crirt.store import Store
 from crirt.streaming.service import StreamingService
@@ -56,6 +57,7 @@ class App:
     images: ImageService
     containers: ContainerService
     streaming: StreamingService
+    stalls: StallWatch | None
 
 
 def build_app(config: Config) -> App:
@@ -69,8 +71,10 @@ def build_app(config: Config) -> App:
         raise StartupError(str(exc)) from None
     store = Store(config.root / "crirt.db")
     metrics = MetricsMiddleware()
-    bus = Bus(subscriber_queue_size=config.event_queue_size, middleware=[logging_middleware, metrics])
-    RuntimeInfo(config, registry, metrics, store).register(bus)
+    bus = Bus(subscriber_queue_size=config.event_queue_size,
+              middleware=[logging_middleware, metrics, durable(store)])
+    stalls = StallWatch(config.debug.loop_stall_ms / 1000) if config.debug.loop_stall_ms else None
+    RuntimeInfo(config, registry, metrics, store, stalls).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)
     sandboxes = SandboxService(config, store, registry)
@@ -80,12 +84,12 @@ def build_app(config: Config) -> App:
     containers = ContainerService(config, store, bus, registry, sandboxes, images)
     containers.register(bus)
     sandboxes.containers = containers
-    StatsService(containers, registry, sandboxes, images.snapshots).register(bus)
+    StatsService(containers, registry, sandboxes, images.snapshots, config.stats).register(bus)
     streaming = StreamingService(config.streaming, containers, sandboxes)
     streaming.register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
     frontend = Frontend(bus, limits, hot_path_encoders())
-    return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers, streaming)
+    return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers, streaming, stalls)
 
 
 async def _socket_is_live(path: Path) -> bool:
@@ -131,6 +135,8 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
     app = build_app(config)
     if setup is not None:
         setup(app)
+    if app.stalls is not None:
+        app.stalls.start(asyncio.get_running_loop())
     await app.registry.probe_features()
     await app.sandboxes.start()  # default network, then finish what a crash left, before serving
     await app.containers.resume()
@@ -174,6 +180,8 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         await app.sandboxes.close()
         await app.registry.close()
         app.store.close()
+        if app.stalls is not None:
+            app.stalls.stop()
         log.info("crirt stopped")
 
 

@@ -33,6 +33,7 @@ from crirt.model.runtime import (
 )
 from crirt.network.cni import network_problem
 from crirt.shim.registry import ShimRegistry
+from crirt.stalls import StallWatch
 from crirt.store import Store
 
 CRI_API_VERSION = "v1"
@@ -62,6 +63,8 @@ class RuntimeInfo:
     registry: ShimRegistry
     metrics: MetricsMiddleware
     store: Store
+    stalls: StallWatch | None = None
+    """The loop-stall watchdog when ``[debug] loop_stall_ms`` turns it on."""
 
     def register(self, bus: Bus) -> None:
         bus.register(VersionCommand, self.version)
@@ -120,6 +123,7 @@ class RuntimeInfo:
             "cniConfigFiles": json.dumps([str(p) for p in cni_config_files(self.config.cni.conf_dir)]),
             "podCIDR": json.dumps(self._node.pod_cidr),
             "rpcMetrics": json.dumps(self.metrics.snapshot()),
+            **({"loopStalls": json.dumps(self.stalls.report())} if self.stalls is not None else {}),
         }
 
     async def runtime_config(self, command: RuntimeConfigCommand) -> RuntimeConfigResult:

@@ -501,23 +501,25 @@ class MetricsService:
 
     async def _pod(self, pod: SandboxRecord) -> PodSandboxMetrics:
         members = [r for r in self.stats.containers.records if r.sandbox_id == pod.id]
-        pids = await asyncio.gather(*(self.stats.pid_of(r) for r in members))
-        running = [(r, pid) for r, pid in zip(members, pids, strict=True) if pid > 0]
+        running = [(r, pid) for r in members if (pid := self.stats.pid_of(r)) > 0]
         containers = await asyncio.gather(*(self._container(pod, r, pid) for r, pid in running))
-        net_dev = await self.stats.net_dev(await self.stats.pod_pids(pod, [pid for _, pid in running]))
+        net_dev = await self.stats.net_dev(self.stats.pod_pids(pod, [pid for _, pid in running]))
         network = network_samples(net_dev_counters(net_dev[1])) if net_dev else []
         return PodSandboxMetrics(pod_sandbox_id=pod.id, metrics=to_metrics(pod_labels(pod), network),
                                  container_metrics=list(containers))
 
     async def _container(self, pod: SandboxRecord, record: ContainerRecord, pid: int) -> ContainerMetrics:
-        samples = await asyncio.to_thread(process_samples, pid)
-        samples += await asyncio.to_thread(self._filesystem, record.id)
+        async with self.stats.slots:
+            samples = await asyncio.to_thread(process_samples, pid)
+        usage = await self.stats.writable_layer_usage(record.id)
+        samples += await asyncio.to_thread(self._filesystem, usage[1] if usage else None)
         samples += [Sample("container_last_seen", (), int(time.time())),
                     Sample("container_start_time_seconds", (), record.started_at // NS_PER_S)]
         return ContainerMetrics(container_id=record.id, metrics=to_metrics(container_labels(pod, record), samples))
 
-    def _filesystem(self, container_id: str) -> list[Sample]:
-        """The writable layer's figures; none when its filesystem cannot be read."""
+    def _filesystem(self, used: int | None) -> list[Sample]:
+        """The writable layer's figures (``used`` bytes in it, None when unknown); none when its filesystem
+        cannot be read."""
         snapshots = self.stats.snapshots
         root = snapshots.rootfs_root
         try:
@@ -525,6 +527,4 @@ class MetricsService:
             st_dev = os.stat(root).st_dev
         except OSError:
             return []
-        usage = self.stats.writable_layer_usage(container_id)
-        return filesystem_samples(block_device_name(f"{os.major(st_dev)}:{os.minor(st_dev)}"), fs,
-                                  usage[0] if usage else None)
+        return filesystem_samples(block_device_name(f"{os.major(st_dev)}:{os.minor(st_dev)}"), fs, used)

@@ -60,6 +60,9 @@ class ContainerRecord(Model):
     bundle: str
     log_path: str = ""
     state: ContainerState = ContainerState.CONTAINER_CREATED
+    pid: int = 0
+    """Host pid of the container's init process as the runtime reported it at create/start (0: unknown); stats
+    and status read the kernel's files through it instead of asking the runtime."""
     created_at: int
     started_at: int = 0
     finished_at: int = 0

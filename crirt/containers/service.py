@@ -115,6 +115,7 @@ class ContainerService:
         self.config = config
         self.bus = bus
         self.registry = registry
+        self.store = store
         self.sandboxes = sandboxes
         self.images = images
         self.bundles = config.state / "containers"
@@ -153,6 +154,10 @@ class ContainerService:
     async def _reconcile(self, record: ContainerRecord) -> None:
         """Bring one record in line with what its runtime reports."""
         if record.state == RUNNING:
+            if record.pid == 0:  # written by a crirt that did not keep pids: ask once, at start only
+                with contextlib.suppress(CrirtError):
+                    state = await self.registry.resolve(record.runtime_handler).state(record.id)
+                    record = self._put(record.model_copy(update={"pid": state.pid}))
             self._watch(record)  # the watcher reads an exit that happened meanwhile at once
             return
         if record.state != ContainerState.CONTAINER_CREATED:
@@ -170,7 +175,8 @@ class ContainerService:
             return
         # StartContainer started the task but crirt died before writing it down.
         log.info("container %s was started before crirt stopped (%s); watching it", record.id, state.status)
-        self._watch(self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns()})))
+        self._watch(self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns(),
+                                                        "pid": state.pid})))
 
     async def _remove_orphans(self) -> None:
         """Remove bundles, tasks and root filesystems that belong to no record (a crash during
@@ -252,7 +258,9 @@ class ContainerService:
         return self._host
 
     async def _publish(self, record: ContainerRecord, kind: ContainerEventType) -> None:
-        """Publish a container event with the pod's status and the statuses of the pod's containers."""
+        """Publish a container event with the pod's status and the statuses of the pod's containers, once the
+        change it reports is on disk."""
+        await self.store.flush()
         try:
             pod = (await self.sandboxes.status(PodSandboxStatusCommand(pod_sandbox_id=record.sandbox_id))).status
         except CrirtError:
@@ -316,10 +324,8 @@ class ContainerService:
         user = resolve_user(context, str(image_config.get("User") or ""), passwd, group)
         paths = self.sandboxes.paths(sandbox.id)
         pid_ns = None
-        if sandbox.infra:
-            infra = await self.sandboxes.infra.state(sandbox.runtime_handler, sandbox.id)
-            if infra is not None and infra.pid:
-                pid_ns = f"/proc/{infra.pid}/ns/pid"
+        if sandbox.infra and sandbox.infra_pid > 0:
+            pid_ns = f"/proc/{sandbox.infra_pid}/ns/pid"
         kinds = set(sandbox.pinned)
         namespaces = PodNamespaces(
             network=str(paths.namespace("net")) if "net" in kinds else None,
@@ -347,7 +353,7 @@ class ContainerService:
             log_path = os.path.join(sandbox.config.log_directory, config.log_path)
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         made.append("task")
-        await shim.create(CreateTask(
+        task = await shim.create(CreateTask(
             id=container_id, sandbox_id=sandbox.id, bundle=bundle, annotations=spec["annotations"],
             stdio=Stdio(log_path=Path(log_path) if log_path else None, stdin=config.stdin,
                         stdin_once=config.stdin_once, terminal=config.tty)))
@@ -355,7 +361,8 @@ class ContainerService:
             id=container_id, sandbox_id=sandbox.id, config=config, runtime_handler=sandbox.runtime_handler,
             image_ref=image_text, image_id=image_id, repo_digest=repo_digest,
             stop_signal=str(image_config.get("StopSignal") or ""), bundle=str(bundle), log_path=log_path,
-            created_at=time.time_ns(), uid=user.uid, gid=user.gid, additional_gids=list(user.additional_gids))
+            pid=task.pid, created_at=time.time_ns(), uid=user.uid, gid=user.gid,
+            additional_gids=list(user.additional_gids))
         return self._put(record)
 
     async def _undo_create(self, container_id: str, shim: Shim, made: list[str]) -> None:
@@ -381,13 +388,14 @@ class ContainerService:
                 raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
             shim = self.registry.resolve(record.runtime_handler)
             try:
-                await shim.start(record.id)
+                task = await shim.start(record.id)
             except CrirtError as exc:
                 self._put(record.model_copy(update={
                     "state": ContainerState.CONTAINER_EXITED, "finished_at": time.time_ns(), "exit_code": 128,
                     "reason": "StartError", "message": str(exc)}))
                 raise
-            record = self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns()}))
+            record = self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns(),
+                                                         "pid": task.pid or record.pid}))
             self._watch(record)
         await self._publish(record, ContainerEventType.CONTAINER_STARTED_EVENT)
         return StartContainerResult()
@@ -481,14 +489,14 @@ class ContainerService:
 
     # ---- PodContainers (for the sandbox service) ---------------------------------------------------------------
 
-    async def stop_all(self, sandbox_id: str, grace: float) -> None:
-        """Stop every running container of the pod: stop signal, ``grace`` seconds, then SIGKILL."""
+    async def kill_all(self, sandbox_id: str) -> None:
+        """Kill every running container of the pod with SIGKILL at once, as containerd's StopPodSandbox does."""
         ids = [r.id for r in self.records if r.sandbox_id == sandbox_id and r.state == RUNNING]
-        await asyncio.gather(*(self._stop_locked(i, grace) for i in ids))
+        await asyncio.gather(*(self._kill_locked(i) for i in ids))
 
-    async def _stop_locked(self, container_id: str, grace: float) -> None:
+    async def _kill_locked(self, container_id: str) -> None:
         async with self._lock(container_id):
-            await self._stop(container_id, grace)
+            await self._stop(container_id, 0)
 
     async def remove_all(self, sandbox_id: str) -> None:
         """Remove every container of the pod, killing those still running."""
@@ -503,14 +511,13 @@ class ContainerService:
         return ContainerStatusResult(status=record.status(), info=info)
 
     async def _verbose(self, record: ContainerRecord) -> dict[str, Any]:
-        pid = 0
-        with contextlib.suppress(CrirtError):
-            pid = (await self.registry.resolve(record.runtime_handler).state(record.id)).pid
+        """ContainerStatus' verbose info, from the record and the bundle (no runtime call)."""
         try:
-            spec = json.loads(Path(record.bundle, "config.json").read_text())
+            spec = json.loads(await asyncio.to_thread(Path(record.bundle, "config.json").read_bytes))
         except (OSError, ValueError):
             spec = None
-        return {"sandboxID": record.sandbox_id, "pid": pid, "runtimeHandler": record.runtime_handler,
+        return {"sandboxID": record.sandbox_id, "pid": record.pid if record.state == RUNNING else 0,
+                "runtimeHandler": record.runtime_handler,
                 "bundle": record.bundle, "imageRef": record.image_ref, "imageId": record.image_id,
                 "config": record.config.model_dump(mode="json"), "runtimeSpec": spec}
 

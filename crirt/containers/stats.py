@@ -14,7 +14,6 @@ sample exactly what their List* counterparts would and send it in batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.bus import Bus
+from crirt.caching import SampleCache
 from crirt.commands.stats import (
     ContainerStatsCommand,
     ContainerStatsResult,
@@ -37,6 +37,7 @@ from crirt.commands.stats import (
     StreamPodSandboxStatsCommand,
     StreamPodSandboxStatsResult,
 )
+from crirt.config import StatsConfig
 from crirt.containers.metrics import MetricsService, net_dev_counters
 from crirt.containers.records import ContainerRecord
 from crirt.containers.service import ContainerService
@@ -62,7 +63,6 @@ from crirt.model.stats import (
 )
 from crirt.sandboxes.records import SandboxRecord
 from crirt.sandboxes.service import SandboxService
-from crirt.shim.cgroups import cgroup_dirs_of, parse_limit
 from crirt.shim.registry import ShimRegistry
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,6 @@ def parse_net_dev(text: str) -> list[NetworkInterfaceUsage]:
             for name, numbers in net_dev_counters(text).items()]
 
 
-def read_swap(pid: int) -> tuple[int | None, int | None]:
-    """(swap used, swap available) of the cgroup of ``pid``; None for what cannot be read (cgroup v2 only:
-    v1 reports memory+swap together)."""
-    try:
-        dirs = cgroup_dirs_of(pid)
-        if "memory" in dirs or "" not in dirs:
-            return None, None
-        used = int((dirs[""] / "memory.swap.current").read_text())
-        limit = parse_limit((dirs[""] / "memory.swap.max").read_text())
-    except (OSError, ValueError):
-        return None, None
-    return used, max(limit - used, 0) if limit is not None else None
-
-
 @dataclass(frozen=True)
 class _Sample:
     """What one container contributes to its pod's figures."""
@@ -120,13 +106,28 @@ class _Sample:
 
 @dataclass
 class StatsService:
-    """Samples containers and pods; remembers each one's previous CPU sample for ``usage_nano_cores``."""
+    """Samples containers and pods; remembers each one's previous CPU sample for ``usage_nano_cores``.
+
+    Nothing here runs a program: a container's counters come from its shim's ``stats`` (files for the conmon
+    driver), at most ``max_concurrency`` at a time and at most once per ``collect_interval``; pids come from
+    the records."""
 
     containers: ContainerService
     registry: ShimRegistry
     sandboxes: SandboxService
     snapshots: SnapshotStore
-    _cpu: dict[str, tuple[int, int]] = field(default_factory=dict)
+    config: StatsConfig = field(default_factory=StatsConfig)
+    _cpu: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
+    """The last (timestamp, cumulative CPU ns, rate) of each container (``c:ID``) and pod (``p:ID``)."""
+    _raw: SampleCache = field(init=False)
+    _layers: SampleCache = field(init=False)
+    slots: asyncio.Semaphore = field(init=False)
+    """Bounds the samples read at once (each holds a thread while it reads)."""
+
+    def __post_init__(self) -> None:
+        self._raw = SampleCache(self.config.collect_interval)
+        self._layers = SampleCache(self.config.fs_usage_interval)
+        self.slots = asyncio.Semaphore(self.config.max_concurrency)
 
     def register(self, bus: Bus) -> None:
         bus.register(ContainerStatsCommand, self.container_stats)
@@ -160,46 +161,44 @@ class StatsService:
         return ListContainerStatsResult(stats=[s.stats for s in samples])
 
     def _forget_gone(self) -> None:
-        """Drop the CPU samples of containers and pods that no longer exist."""
+        """Drop the CPU samples and cached samples of containers and pods that no longer exist."""
         known = set(self.containers.records.ids()) | set(self.sandboxes.records.ids())
         for key in [k for k in self._cpu if k.partition(":")[2] not in known]:
             del self._cpu[key]
+        self._raw.keep_only(known)
+        self._layers.keep_only(known)
 
-    async def pid_of(self, record: ContainerRecord) -> int:
-        """The pid of a running container's init process; 0 when it does not run."""
-        if record.state != ContainerState.CONTAINER_RUNNING:
-            return 0
-        try:
-            return (await self.registry.resolve(record.runtime_handler).state(record.id)).pid
-        except CrirtError as exc:
-            log.debug("state of container %s: %s", record.id, exc)
-            return 0
+    @staticmethod
+    def pid_of(record: ContainerRecord) -> int:
+        """The pid of a running container's init process (from its record); 0 when it does not run."""
+        return record.pid if record.state == ContainerState.CONTAINER_RUNNING else 0
 
-    async def _raw(self, record: ContainerRecord) -> tuple[dict[str, Any], int]:
-        """The shim's cgroup sample and the container's pid; empty and 0 when it does not run."""
-        pid = await self.pid_of(record)
+    async def _shim_sample(self, record: ContainerRecord) -> tuple[dict[str, Any], int]:
+        """The shim's cgroup sample (cached for one collection interval) and the container's pid; empty and 0
+        when it does not run."""
+        pid = self.pid_of(record)
         if pid <= 0:
             return {}, 0
-        try:
-            raw = await self.registry.resolve(record.runtime_handler).stats(record.id)
-        except CrirtError as exc:
-            log.debug("stats of container %s: %s", record.id, exc)
-            return {}, 0
+        raw = self._raw.get(record.id)
+        if raw is None:
+            try:
+                async with self.slots:
+                    raw = self._raw.put(record.id, await self.registry.resolve(record.runtime_handler).stats(record.id))
+            except CrirtError as exc:
+                log.debug("stats of container %s: %s", record.id, exc)
+                return {}, 0
         return raw, pid
 
     async def _sample(self, record: ContainerRecord) -> _Sample:
-        raw, pid = await self._raw(record)
+        raw, pid = await self._shim_sample(record)
         attributes = ContainerAttributes(id=record.id, metadata=record.config.metadata, labels=record.config.labels,
                                          annotations=record.config.annotations)
         timestamp = int(raw.get("timestamp") or time.time_ns())
         cpu = self._cpu_usage(f"c:{record.id}", timestamp, raw.get("cpu", {}).get("usage_core_nano_seconds"))
         memory = raw.get("memory")
-        swap = None
-        if pid > 0:
-            used, available = await asyncio.to_thread(read_swap, pid)
-            if used is not None:
-                swap = SwapUsage(timestamp=timestamp, swap_usage_bytes=_u64(used),
-                                 swap_available_bytes=_u64(available))
+        swap_figures = raw.get("swap")
+        swap = SwapUsage(timestamp=timestamp, swap_usage_bytes=_u64(swap_figures.get("swap_usage_bytes")),
+                         swap_available_bytes=_u64(swap_figures.get("swap_available_bytes"))) if swap_figures else None
         stats = ContainerStats(
             attributes=attributes, cpu=cpu,
             memory=MemoryUsage(timestamp=timestamp, **{k: _u64(memory.get(k)) for k in MEMORY_FIELDS})
@@ -210,23 +209,34 @@ class StatsService:
     def _cpu_usage(self, key: str, timestamp: int, usage: int | None) -> CpuUsage | None:
         if usage is None:
             return None
-        rate = nano_cores(self._cpu.get(key), timestamp, usage)
-        self._cpu[key] = (timestamp, usage)
+        previous = self._cpu.get(key)
+        if previous is not None and previous[0] == timestamp and previous[1] == usage:
+            rate = previous[2]  # the same (cached) sample again: the same rate
+        else:
+            rate = nano_cores(previous[:2] if previous else None, timestamp, usage)
+            self._cpu[key] = (timestamp, usage, rate)
         return CpuUsage(timestamp=timestamp, usage_core_nano_seconds=_u64(usage), usage_nano_cores=_u64(rate))
 
-    def writable_layer_usage(self, container_id: str) -> tuple[int, int] | None:
-        """(bytes, inodes) of a container's writable layer; None when it cannot be read. Walks the tree."""
+    async def writable_layer_usage(self, container_id: str) -> tuple[int, int, int] | None:
+        """(timestamp, bytes, inodes) of a container's writable layer, measured at most once per
+        ``fs_usage_interval``; None when it cannot be read. The walk of the tree runs in a thread."""
+        cached = self._layers.get(container_id)
+        if cached is not None:
+            return cached or None
+        timestamp = time.time_ns()
         try:
-            return self.snapshots.rootfs_usage(container_id)
+            async with self.slots:
+                used, inodes = await asyncio.to_thread(self.snapshots.rootfs_usage, container_id)
         except (OSError, LookupError, CrirtError):
+            self._layers.put(container_id, ())
             return None
+        return self._layers.put(container_id, (timestamp, used, inodes))
 
     async def _writable_layer(self, container_id: str) -> FilesystemUsage | None:
-        timestamp = time.time_ns()
-        usage = await asyncio.to_thread(self.writable_layer_usage, container_id)
+        usage = await self.writable_layer_usage(container_id)
         if usage is None:
             return None
-        used, inodes = usage
+        timestamp, used, inodes = usage
         return FilesystemUsage(timestamp=timestamp,
                                fs_id=FilesystemIdentifier(mountpoint=str(self.snapshots.rootfs_root)),
                                used_bytes=_u64(used), inodes_used=_u64(inodes))
@@ -273,22 +283,18 @@ class StatsService:
             counts = [s.raw.get("process", {}).get("process_count") for s in running]
             if any(c is not None for c in counts):
                 process = ProcessUsage(timestamp=timestamp, process_count=_u64(sum(c or 0 for c in counts)))
-        pids = await self.pod_pids(record, [s.pid for s in samples if s.pid > 0])
+        pids = self.pod_pids(record, [s.pid for s in samples if s.pid > 0])
         return PodSandboxStats(
             attributes=PodSandboxAttributes(id=record.id, metadata=record.config.metadata,
                                             labels=record.config.labels, annotations=record.config.annotations),
             linux=LinuxPodSandboxStats(cpu=cpu, memory=memory, network=await self._network(pids),
                                        process=process, containers=[s.stats for s in samples]))
 
-    async def pod_pids(self, record: SandboxRecord, container_pids: list[int]) -> list[int]:
+    @staticmethod
+    def pod_pids(record: SandboxRecord, container_pids: list[int]) -> list[int]:
         """Processes inside the pod's network namespace: its infra container's first, then its containers'."""
-        pids = list(container_pids)
-        if record.infra and record.state == PodSandboxState.SANDBOX_READY:
-            with contextlib.suppress(CrirtError):
-                infra = await self.sandboxes.infra.state(record.runtime_handler, record.id)
-                if infra is not None and infra.pid > 0:
-                    pids.insert(0, infra.pid)
-        return pids
+        ready = record.state == PodSandboxState.SANDBOX_READY and record.infra_pid > 0
+        return [record.infra_pid, *container_pids] if ready else list(container_pids)
 
     @staticmethod
     async def net_dev(pids: list[int]) -> tuple[int, str] | None:

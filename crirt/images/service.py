@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crirt.bus import Bus
+from crirt.caching import Refreshed
 from crirt.commands.images import (
     ImageFsInfoCommand,
     ImageFsInfoResult,
@@ -84,6 +85,7 @@ class ImageService:
         self.puller = Puller(client, self.content, self.snapshots, settings, self.leases, self._record_snapshot,
                              executor)
         self._pinned = set(settings.pinned_images)
+        self._fs_usage = Refreshed(self._measure_fs, self.config.stats.fs_usage_interval)
         self.content.recover()
         self.snapshots.recover()
         _purge(self._collect())
@@ -138,11 +140,15 @@ class ImageService:
         })
 
     async def fs_info(self, command: ImageFsInfoCommand) -> ImageFsInfoResult:
+        """The last measurement (``[stats] fs_usage_interval`` old at most, plus one background walk)."""
+        return await self._fs_usage.get()
+
+    async def _measure_fs(self) -> ImageFsInfoResult:
         return await asyncio.to_thread(self._fs_info, list(self.records.snapshots))
 
     def _fs_info(self, snapshots: list[SnapshotRecord]) -> ImageFsInfoResult:
         """Image filesystem: blobs plus the layer sizes measured at unpack time; container filesystem: the
-        writable layers, measured now."""
+        writable layers, measured now (a walk of each)."""
         now = time.time_ns()
         blob_bytes, blob_count = self.content.usage()
         image_fs = FilesystemUsage(
@@ -180,6 +186,7 @@ class ImageService:
         except BaseException:
             await self._collect_soon()
             raise
+        self._fs_usage.invalidate()
         return PullImageResult(image_ref=record.id)
 
     def _save(self, pulled: PulledImage, annotations: dict[str, str]) -> ImageRecord:
@@ -250,3 +257,4 @@ class ImageService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         await asyncio.shield(task)
+        self._fs_usage.invalidate()

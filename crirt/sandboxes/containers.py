@@ -13,9 +13,9 @@ from typing import Protocol
 class PodContainers(Protocol):
     """Containers of a pod, as the sandbox lifecycle needs them."""
 
-    async def stop_all(self, sandbox_id: str, grace: float) -> None:
-        """Stop every running container of the pod: its stop signal, ``grace`` seconds, then SIGKILL.
-        Must be idempotent and must finish (or raise) even when containers ignore SIGTERM."""
+    async def kill_all(self, sandbox_id: str) -> None:
+        """Stop every running container of the pod with SIGKILL at once (the kubelet has already given each
+        its grace period). Must be idempotent."""
 
     async def remove_all(self, sandbox_id: str) -> None:
         """Remove every container of the pod, forcibly (stopping with SIGKILL first if needed)."""
@@ -24,7 +24,7 @@ class PodContainers(Protocol):
 class NoContainers:
     """The stand-in until containers exist: there is never anything to stop or remove."""
 
-    async def stop_all(self, sandbox_id: str, grace: float) -> None:
+    async def kill_all(self, sandbox_id: str) -> None:
         return None
 
     async def remove_all(self, sandbox_id: str) -> None:

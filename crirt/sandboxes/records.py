@@ -58,6 +58,8 @@ class SandboxRecord(Model):
     """The CNI network's name ("" for a hostNetwork pod)."""
     ips: list[str] = Field(default_factory=list)
     infra: bool = False
+    infra_pid: int = 0
+    """Host pid of the infra container's init while the pod is ready (0 without one)."""
     cgroup_parent: str = ""
     hostname: str = ""
     resources: LinuxContainerResources | None = None

@@ -140,6 +140,7 @@ class SandboxService:
         self._locks = _Locks()
         self._background: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
+        self._cgroups: str | None = None
 
     def register(self, bus: Bus) -> None:
         bus.register(RunPodSandboxCommand, self.run)
@@ -223,6 +224,12 @@ class SandboxService:
         self.records.delete(record.id)
         if self._names.get(record.name_key) == record.id:
             del self._names[record.name_key]
+
+    def _cgroup_version(self) -> str:
+        """The host's cgroup layout, read once (it does not change while crirt runs)."""
+        if self._cgroups is None:
+            self._cgroups = plumbing.cgroup_version(netns.mounts_under(Path("/sys/fs/cgroup")))
+        return self._cgroups
 
     def _check_handler(self, handler: str) -> None:
         """The handler must be configured (INVALID_ARGUMENT naming the known ones) and its plugin loaded
@@ -322,10 +329,12 @@ class SandboxService:
         paths.hosts.write_text(plumbing.hosts_file(record.hostname, ips,
                                                    _host_file("/etc/hosts") if plan.host_network else None))
         paths.resolv_conf.write_text(plumbing.resolv_conf(config.dns_config, _host_file("/etc/resolv.conf")))
+        infra_pid = 0
         if shim is not None:
             join = {kind: paths.namespace(kind) for kind in plan.pinned}
-            await self.infra.start(shim, record.id, config, paths.infra_bundle, join, record.cgroup_parent)
-        self._put(record.model_copy(update={"phase": Phase.READY, "ips": ips}))
+            infra_pid = await self.infra.start(shim, record.id, config, paths.infra_bundle, join,
+                                               record.cgroup_parent)
+        self._put(record.model_copy(update={"phase": Phase.READY, "ips": ips, "infra_pid": infra_pid}))
 
     async def _undo_run(self, record: SandboxRecord) -> None:
         """Undo a failed RunPodSandbox. If some step cannot be undone now, keep a LEFTOVER record (not listed,
@@ -361,7 +370,7 @@ class SandboxService:
         paths = self.paths(record.id)
         if stop_containers:
             try:
-                await self.containers.stop_all(record.id, self.config.sandboxes.stop_grace_period)
+                await self.containers.kill_all(record.id)
             except Exception as exc:
                 errors.append(f"stopping the pod's containers: {exc}")
         if record.infra:
@@ -410,7 +419,7 @@ class SandboxService:
     # ---- StopPodSandbox / RemovePodSandbox -------------------------------------------------------------------
 
     async def stop(self, command: StopPodSandboxCommand) -> StopPodSandboxResult:
-        """Stop the pod's containers (grace, then SIGKILL) and infra container and release its network and
+        """Kill the pod's containers still running (SIGKILL at once) and its infra container and release its network and
         namespaces. Stopping a stopped or unknown sandbox is fine."""
         record = self.find(command.pod_sandbox_id)
         if record is not None:
@@ -427,7 +436,7 @@ class SandboxService:
             if errors:
                 self._put(record.model_copy(update={"problem": "; ".join(errors)}))
                 raise CleanupError(f"stopping pod sandbox {sandbox_id}: " + "; ".join(errors))
-            self._put(record.model_copy(update={"phase": Phase.STOPPED, "problem": ""}))
+            self._put(record.model_copy(update={"phase": Phase.STOPPED, "problem": "", "infra_pid": 0}))
 
     async def remove(self, command: RemovePodSandboxCommand) -> RemovePodSandboxResult:
         """Remove the pod's containers forcibly, tear down whatever is left and forget the sandbox.
@@ -476,6 +485,7 @@ class SandboxService:
         return PodSandboxStatusResult(status=status, info=info, timestamp=time.time_ns())
 
     async def _verbose(self, record: SandboxRecord) -> dict[str, Any]:
+        """PodSandboxStatus' verbose info, from the record and files only (no runtime call)."""
         paths = self.paths(record.id)
         cached = self.cni.cached(record.id)
         details: dict[str, Any] = {
@@ -492,17 +502,16 @@ class SandboxService:
             "cniResult": cached.get("result") if cached else None,
             "cgroupDriver": self.config.cgroup_driver,
             "cgroupParent": record.cgroup_parent,
-            "cgroupVersion": plumbing.cgroup_version(netns.mounts_under(Path("/sys/fs/cgroup"))),
+            "cgroupVersion": self._cgroup_version(),
             "infraContainer": None,
             "resources": record.resources.model_dump(mode="json") if record.resources else None,
             "overhead": record.overhead.model_dump(mode="json") if record.overhead else None,
             "problem": record.problem,
         }
         if record.infra:
-            state = await self.infra.state(record.runtime_handler, record.id)
+            alive = record.infra_pid > 0 and os.path.exists(f"/proc/{record.infra_pid}")
             details["infraContainer"] = {"id": record.id, "bundle": str(paths.infra_bundle),
-                                         "status": state.status if state else "missing",
-                                         "pid": state.pid if state else 0}
+                                         "status": "running" if alive else "stopped", "pid": record.infra_pid}
         return details
 
     async def update_resources(self, command: UpdatePodSandboxResourcesCommand) -> UpdatePodSandboxResourcesResult:
@@ -581,6 +590,8 @@ class SandboxService:
         if not record.infra:
             return True
         state = await self.infra.state(record.runtime_handler, record.id)
+        if state is not None and state.pid > 0 and state.pid != record.infra_pid:
+            self._put(record.model_copy(update={"infra_pid": state.pid}))  # status and stats read it from now on
         return state is not None and state.status in ("running", "unknown")  # unknown: cannot tell, keep it
 
     async def _wait_for_orphan_plugins(self, sandbox_id: str) -> None:

@@ -125,16 +125,20 @@ class CgroupStats:
     page_faults: int | None = None
     major_page_faults: int | None = None
     process_count: int | None = None
+    swap_usage_bytes: int | None = None
+    """cgroup v2 only: v1 accounts memory and swap together"""
+    swap_available_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The sample as the shim contract's stats dict: ``timestamp`` plus ``cpu``, ``memory``, ``process``
-        sections holding only the counters that could be read."""
+        """The sample as the shim contract's stats dict: ``timestamp`` plus ``cpu``, ``memory``, ``process``,
+        ``swap`` sections holding only the counters that could be read."""
         memory = {name: getattr(self, name) for name in ("usage_bytes", "working_set_bytes", "rss_bytes",
                                                          "available_bytes", "page_faults", "major_page_faults")}
         sections = {
             "cpu": {"usage_core_nano_seconds": self.usage_core_nano_seconds},
             "memory": memory,
             "process": {"process_count": self.process_count},
+            "swap": {"swap_usage_bytes": self.swap_usage_bytes, "swap_available_bytes": self.swap_available_bytes},
         }
         result: dict[str, Any] = {"timestamp": self.timestamp}
         for name, values in sections.items():
@@ -167,22 +171,30 @@ def _read(path: Path) -> str | None:
         return None
 
 
+_mounts: list[CgroupMount] | None = None
+
+
+def cgroup_mounts() -> list[CgroupMount]:
+    """The host's cgroup hierarchies, read from ``/proc/self/mountinfo`` once: they do not move while crirt
+    runs, and a node's mount table (a rootfs and namespace pins per pod) is too long to parse per sample."""
+    global _mounts
+    if _mounts is None:
+        _mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    return _mounts
+
+
 def cgroup_dirs_of(pid: int, controllers: tuple[str, ...] = STATS_CONTROLLERS) -> dict[str, Path]:
     """``controller_dirs`` for the cgroup of process ``pid``. Raises ProcessLookupError if the process is gone."""
     proc_cgroup = _read(Path(f"/proc/{pid}/cgroup"))
     if proc_cgroup is None:
         raise ProcessLookupError(pid)
-    return controller_dirs(parse_proc_cgroup(proc_cgroup), parse_mountinfo(Path("/proc/self/mountinfo").read_text()),
-                           controllers)
+    return controller_dirs(parse_proc_cgroup(proc_cgroup), cgroup_mounts(), controllers)
 
 
 def read_stats(pid: int) -> CgroupStats:
     """Sample the cgroup of process ``pid``. Raises ProcessLookupError if the process is gone."""
     timestamp = time.time_ns()
-    proc_cgroup = _read(Path(f"/proc/{pid}/cgroup"))
-    if proc_cgroup is None:
-        raise ProcessLookupError(pid)
-    dirs = controller_dirs(parse_proc_cgroup(proc_cgroup), parse_mountinfo(Path("/proc/self/mountinfo").read_text()))
+    dirs = cgroup_dirs_of(pid)
     figures: dict[str, int | None] = {}
 
     if "memory" in dirs:
@@ -206,4 +218,9 @@ def read_stats(pid: int) -> CgroupStats:
     pids_dir = dirs.get("pids", dirs.get(""))
     if pids_dir is not None and (current := _read(pids_dir / "pids.current")) is not None:
         figures["process_count"] = int(current)
+
+    if version == 2 and (swap := _read(memory_dir / "memory.swap.current")) is not None:
+        figures["swap_usage_bytes"] = used = int(swap)
+        swap_limit = parse_limit(_read(memory_dir / "memory.swap.max") or "max")
+        figures["swap_available_bytes"] = max(swap_limit - used, 0) if swap_limit is not None else None
     return CgroupStats(timestamp=timestamp, **figures)

@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
-from crirt.proc import ProcessTimeout, nonblocking_pipe, read_pipe, wait_exit
+from crirt.proc import ProcessTimeout, nonblocking_pipe, read_pipe, readable, wait_exit
 from crirt.proc import run as run_process
 from crirt.shim.cgroups import read_stats
 from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
+from crirt.shim.exitwatch import ExitWatcher
 from crirt.shim.interactive import ForegroundExec, read_pid_file
 
 log = logging.getLogger(__name__)
@@ -276,9 +277,10 @@ class ConmonRuntime:
 
     def __init__(self, *, runtime: Path, root: Path, state_dir: Path, conmon: Path,
                  global_args: Sequence[str] = (), systemd_cgroup: bool = False,
-                 command_timeout: float = 60.0) -> None:
+                 command_timeout: float = 60.0, sweep_interval: float = 30.0) -> None:
         """``runtime``/``conmon``: binaries; ``root``: the runtime's ``--root``; ``global_args``: extra flags
-        given to the runtime on every call; ``command_timeout``: seconds before a hung runtime call is killed."""
+        given to the runtime on every call; ``command_timeout``: seconds before a hung runtime call is killed;
+        ``sweep_interval``: seconds between checks for exits that no event reported (conmon killed)."""
         self.runtime = runtime
         self.root = root
         self.state_dir = state_dir
@@ -286,6 +288,7 @@ class ConmonRuntime:
         self.systemd_cgroup = systemd_cgroup
         self.command_timeout = command_timeout
         self.global_args = [f"--root={root}", *(["--systemd-cgroup"] if systemd_cgroup else []), *global_args]
+        self._exits = ExitWatcher(state_dir / "exits", self._check_exit, sweep_interval)
 
     @property
     def name(self) -> str:
@@ -502,29 +505,32 @@ class ConmonRuntime:
     async def wait(self, container_id: str) -> ExitStatus:
         """Wait until the container has exited and return how.
 
-        Polls conmon's exit file with a growing interval (5 ms to 250 ms): cheap, and it works for containers
-        created by an earlier crirt process. If conmon is gone without writing the file (it was killed), the
-        runtime decides: a stopped or vanished container gets ``UNKNOWN_EXIT_CODE``."""
+        conmon's exit file arrives as an inotify event (one watch for every container of the driver, see
+        ``crirt.shim.exitwatch``); it works for containers created by an earlier crirt process too."""
+        status = self.exit_status(container_id)
+        if status is not None:
+            return status
+        return await self._exits.wait(check_id(container_id))
+
+    async def _check_exit(self, container_id: str) -> ExitStatus | None:
+        """The container's exit if it has ended, None while it runs. If conmon is gone without writing the file
+        (it was killed), the runtime decides: a stopped or vanished container gets ``UNKNOWN_EXIT_CODE``."""
+        status = self.exit_status(container_id)
+        if status is not None:
+            return status
         files = self.files(container_id)
-        delay = 0.005
-        while True:
-            status = self.exit_status(container_id)
-            if status is not None:
-                return status
-            if _conmon_pid(files) is None:
-                status = self.exit_status(container_id)  # conmon may have written it just before exiting
-                if status is not None:
-                    return status
-                state = await self._lookup(container_id)
-                if state is None and not files.dir.exists():
-                    raise NotFound(f"container {container_id!r} not found by {self.name}")
-                if state is None or state.status == "stopped":
-                    log.warning("conmon of container %s is gone and left no exit code", container_id)
-                    return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, exited_at=time.time_ns())
-                await asyncio.sleep(1.0)  # no monitor: only the runtime can tell, ask it once a second
-                continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+        if _conmon_pid(files) is not None:
+            return None
+        status = self.exit_status(container_id)  # conmon may have written it just before exiting
+        if status is not None:
+            return status
+        state = await self._lookup(container_id)
+        if state is None and not files.dir.exists():
+            raise NotFound(f"container {container_id!r} not found by {self.name}")
+        if state is None or state.status == "stopped":
+            log.warning("conmon of container %s is gone and left no exit code", container_id)
+            return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, exited_at=time.time_ns())
+        return None  # no monitor, but the runtime says it runs: the next sweep asks again
 
     async def delete(self, container_id: str) -> ExitStatus | None:
         """Remove the container (killing it if it still runs) and its files; return its exit if known.
@@ -542,14 +548,21 @@ class ConmonRuntime:
 
     @staticmethod
     async def _wait_for_conmon_exit(files: ContainerFiles, grace: float) -> None:
-        """Give conmon ``grace`` seconds to record the exit and leave; kill it if it lingers."""
-        deadline = time.monotonic() + grace
-        while (pid := _conmon_pid(files)) is not None:
-            if time.monotonic() > deadline:
-                log.warning("conmon %d of container %s did not exit; killing it", pid, files.id)
-                _kill_quietly(pid)
-                return
-            await asyncio.sleep(0.01)
+        """Give conmon ``grace`` seconds to record the exit and leave (told by a pidfd); kill it if it lingers."""
+        pid = _conmon_pid(files)
+        if pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(readable(pidfd), grace)
+        except TimeoutError:
+            log.warning("conmon %d of container %s did not exit; killing it", pid, files.id)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
 
     # -- processes in a running container
 
@@ -686,17 +699,23 @@ class ConmonRuntime:
             spec.unlink(missing_ok=True)
 
     async def close(self) -> None:
-        """Nothing to release: every container's conmon goes on without crirt."""
+        """Stop watching for exits; every container's conmon goes on without crirt."""
+        self._exits.close()
 
     async def stats(self, container_id: str) -> dict[str, Any]:
-        """A sample of the container's cgroup counters (see ``crirt.shim.cgroups.CgroupStats.as_dict``)."""
-        state = await self.state(container_id)
-        if state.pid <= 0:
-            raise FailedPrecondition(f"container {container_id!r} is {state.status}: no cgroup to read")
+        """A sample of the container's cgroup counters (see ``crirt.shim.cgroups.CgroupStats.as_dict``), read
+        from the kernel's files through the init pid the runtime wrote: no runtime call."""
+        files = self._own(container_id)
+        return await asyncio.to_thread(self._read_stats, files)
+
+    def _read_stats(self, files: ContainerFiles) -> dict[str, Any]:
+        pid = read_pid_file(files.pid)
+        if pid is None or self.exit_status(files.id) is not None:
+            raise FailedPrecondition(f"container {files.id!r} has stopped: no cgroup to read")
         try:
-            return read_stats(state.pid).as_dict()
+            return read_stats(pid).as_dict()
         except ProcessLookupError:
-            raise FailedPrecondition(f"container {container_id!r} exited while reading its stats") from None
+            raise FailedPrecondition(f"container {files.id!r} exited while reading its stats") from None
 
     # -- conmon's sockets and fifos
 

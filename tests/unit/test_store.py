@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from crirt.model.container import Container, ContainerMetadata
 from crirt.model.sandbox import PodSandbox
-from crirt.store import Store
+from crirt.store import Store, StoreError
 
 
 def test_records_survive_reopen_and_keep_identity_until_replaced(tmp_path: Path) -> None:
@@ -34,6 +36,40 @@ def test_kinds_are_separate_and_a_kind_has_one_model(tmp_path: Path) -> None:
     assert store.table("sandboxes", PodSandbox).get("x") is None
     with pytest.raises(TypeError, match="already open with model Container"):
         store.table("containers", PodSandbox)
+
+
+def test_writes_are_committed_by_flush_in_groups_off_the_caller(tmp_path: Path) -> None:
+    store = Store(tmp_path / "crirt.db")
+    table = store.table("containers", Container)
+
+    async def scenario() -> None:
+        for i in range(50):
+            table.put(f"c{i}", Container(id=f"c{i}"))
+        table.delete("c0")
+        assert table.get("c1") is not None and "c0" not in table  # memory changes at once
+        await store.flush()
+        assert not store.dirty
+        other = sqlite3.connect(tmp_path / "crirt.db")  # what another process would read now
+        assert other.execute("SELECT count(*) FROM objects").fetchone()[0] == 49
+        await store.flush()  # nothing queued: returns at once
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_a_failed_write_is_reported_to_the_flush_that_waited_for_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "crirt.db")
+    table = store.table("containers", Container)
+    table.put("ok", Container(id="ok"))
+    store.sync()
+    store.enqueue([("INSERT INTO missing_table VALUES (1)", ())])
+    with pytest.raises(StoreError, match="missing_table"):
+        store.sync()
+    table.put("later", Container(id="later"))
+    store.sync()  # a later write that succeeds is not blamed for the earlier failure
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        table.put("closed", Container(id="closed"))
 
 
 def test_uses_write_ahead_logging(tmp_path: Path) -> None:

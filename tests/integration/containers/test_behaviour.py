@@ -336,6 +336,21 @@ def test_stop_kills_a_container_that_ignores_the_stop_signal(pods: Pods) -> None
     assert (done.state, done.exit_code, done.reason) == (pb.CONTAINER_EXITED, 137, "Error")
 
 
+def test_stop_pod_sandbox_kills_at_once_while_stop_container_keeps_its_grace(pods: Pods) -> None:
+    """The kubelet gives each container its grace period through StopContainer; StopPodSandbox then kills what
+    still runs with SIGKILL at once (containerd's timeout 0), so a container that would exit 0 on SIGTERM
+    ends with 137 there, and with 0 under StopContainer."""
+    pb = pods.pb
+    pod = pods.pod()
+    graceful = pods.run(pod, "graceful", IDLE)
+    pods.rt.StopContainer(pb.StopContainerRequest(container_id=graceful, timeout=30), timeout=60)
+    assert (pods.status(graceful).exit_code, pods.status(graceful).reason) == (0, "Completed")
+    killed = pods.run(pod, "killed", IDLE)
+    pods.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=30)
+    done = pods.status(killed)
+    assert (done.state, done.exit_code, done.reason) == (pb.CONTAINER_EXITED, 137, "Error")
+
+
 # ---- 7. ExecSync ------------------------------------------------------------------------------------------------
 
 def test_exec_sync_timeout_kills_the_process_and_signals_give_128_plus_n(pods: Pods) -> None:

@@ -255,10 +255,10 @@ class GvisorRuntime(ConmonRuntime):
         return status.model_copy(update={"oom_killed": True, "exit_code": code})
 
     async def stats(self, container_id: str) -> dict[str, Any]:
-        """What the sandbox's kernel accounts for the container (``runsc events --stats``)."""
-        state = await self.state(container_id)
-        if state.status != "running":
-            raise FailedPrecondition(f"container {container_id!r} is {state.status}: runsc reports no stats")
+        """What the sandbox's kernel accounts for the container (``runsc events --stats``: one runsc call, which
+        crirt makes at most once per stats collection interval)."""
+        if self.exit_status(self._own(container_id).id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} has stopped: runsc reports no stats")
         try:
             return parse_stats_event(await self._run(container_id, "events", "--stats", container_id))
         except (ValueError, TypeError, AttributeError) as exc:

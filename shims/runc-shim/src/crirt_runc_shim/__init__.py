@@ -15,7 +15,7 @@ from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
 
-OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon")
+OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon", "exit_sweep_interval")
 
 
 
@@ -44,6 +44,8 @@ class RuncShim(DelegatingShim):
     - ``systemd_cgroup``: let systemd manage cgroups (runc ``--systemd-cgroup``; default false)
     - ``extra_args``: more global runc flags, given on every call (default none)
     - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
+    - ``exit_sweep_interval``: seconds between checks for exits no event reported, e.g. of a container whose
+      conmon was killed (default 30)
     """
 
     api_version = "1.0"
@@ -60,6 +62,9 @@ class RuncShim(DelegatingShim):
         extra_args = options.get("extra_args", [])
         if not isinstance(extra_args, list) or not all(isinstance(a, str) and a for a in extra_args):
             raise ValueError(f"option 'extra_args' must be a list of non-empty strings, not {extra_args!r}")
+        sweep = options.get("exit_sweep_interval", 30.0)
+        if isinstance(sweep, bool) or not isinstance(sweep, int | float) or sweep <= 0:
+            raise ValueError(f"option 'exit_sweep_interval' must be a number of seconds above 0, not {sweep!r}")
         self.runtime = ConmonRuntime(
             runtime=executable("binary", options.get("binary", "runc")),
             root=Path(root),
@@ -67,6 +72,7 @@ class RuncShim(DelegatingShim):
             conmon=executable("conmon", options.get("conmon", "conmon")),
             global_args=extra_args,
             systemd_cgroup=systemd_cgroup,
+            sweep_interval=float(sweep),
         )
 
     async def features(self) -> HandlerFeatures:
