@@ -339,9 +339,9 @@ class Cni:
 
         On failure the pod may be partly attached: call ``teardown`` (the cache says what to undo)."""
         await self.check_versions(network)
-        self._write_cache(attachment, network, runtime_config, None)
+        await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, None)  # fsyncs
         result = await self._add_chain(network, attachment, runtime_config)
-        self._write_cache(attachment, network, runtime_config, result)
+        await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, result)
         return result
 
     async def _add_chain(self, network: NetworkConfig, attachment: Attachment,

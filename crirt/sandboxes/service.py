@@ -122,6 +122,21 @@ def _orphan_plugin_pids(container_id: str) -> list[int]:
     return pids
 
 
+def _unpin_all(paths: PodPaths, kinds: list[str]) -> list[str]:
+    """Unpin the pod's namespaces of ``kinds`` and unmount its /dev/shm; returns what failed."""
+    errors = []
+    for kind in kinds:
+        try:
+            netns.unpin(paths.namespace(kind))
+        except OSError as exc:
+            errors.append(f"unpinning the {kind} namespace: {exc.strerror or exc}")
+    try:
+        netns.unpin(paths.shm)
+    except OSError as exc:
+        errors.append(f"unmounting the pod's /dev/shm: {exc.strerror or exc}")
+    return errors
+
+
 class SandboxService:
     """Owns the pod sandboxes: their records, namespaces, mounts, files, network and infra container."""
 
@@ -342,7 +357,7 @@ class SandboxService:
         async with self._locks.hold(record.id):
             errors = await self._teardown(record, stop_containers=False)
             try:  # even when the network could not be released: what is left of it lives in the CNI cache
-                self._remove_files(record)
+                await asyncio.to_thread(self._remove_files, record)
             except (OSError, CleanupError) as exc:
                 errors.append(f"deleting the pod's files: {exc}")
             if errors:
@@ -384,17 +399,9 @@ class SandboxService:
         except Exception as exc:
             errors.append(f"releasing the pod network: {exc}")
             network_released = False
-        for kind in netns.PINNABLE:
-            if kind == "net" and not network_released:
-                continue  # the retried DEL needs the namespace (bridge finds its masquerade rules through it)
-            try:
-                netns.unpin(paths.namespace(kind))
-            except OSError as exc:
-                errors.append(f"unpinning the {kind} namespace: {exc.strerror or exc}")
-        try:
-            netns.unpin(paths.shm)
-        except OSError as exc:
-            errors.append(f"unmounting the pod's /dev/shm: {exc.strerror or exc}")
+        # the retried DEL needs the network namespace (bridge finds its masquerade rules through it)
+        kinds = [kind for kind in netns.PINNABLE if kind != "net" or network_released]
+        errors += await asyncio.to_thread(_unpin_all, paths, kinds)  # umount waits on the kernel's mount lock
         return errors
 
     async def _release_network(self, record: SandboxRecord, paths: PodPaths) -> None:
@@ -403,7 +410,7 @@ class SandboxService:
         if self.cni.cached(record.id) is None:
             return
         net = paths.namespace("net")
-        if net.exists() and not netns.is_namespace_file(net):
+        if net.exists() and not await asyncio.to_thread(netns.is_namespace_file, net):
             net.unlink()
         await self.cni.teardown(record.id, str(net))
 
@@ -460,7 +467,7 @@ class SandboxService:
             errors += await self._teardown(record, stop_containers=False)
             if not errors:
                 try:
-                    self._remove_files(record)
+                    await asyncio.to_thread(self._remove_files, record)
                 except (OSError, CleanupError) as exc:
                     errors.append(f"deleting the pod's files: {exc}")
             if errors:
@@ -582,7 +589,7 @@ class SandboxService:
 
     async def _intact(self, record: SandboxRecord) -> bool:
         paths = self.paths(record.id)
-        mounted = {point: fstype for point, fstype in netns.mounts_under(paths.dir)}
+        mounted = {point: fstype for point, fstype in await asyncio.to_thread(netns.mounts_under, paths.dir)}
         if any(mounted.get(str(paths.namespace(kind))) != "nsfs" for kind in record.pinned):
             return False
         if record.shm and str(paths.shm) not in mounted:
@@ -599,7 +606,7 @@ class SandboxService:
         not our children any more), so our DEL cannot run before their ADD completes."""
         deadline = time.monotonic() + ORPHAN_PLUGIN_WAIT
         while time.monotonic() < deadline:
-            if not _orphan_plugin_pids(sandbox_id):
+            if not await asyncio.to_thread(_orphan_plugin_pids, sandbox_id):
                 return
             await asyncio.sleep(0.1)
 

@@ -451,7 +451,7 @@ class ConmonRuntime:
         code, _, err = await self._call("delete", "--force", files.id)
         if code != 0 and not looks_missing(runtime_error_text(err)):
             log.warning("%s delete --force %s failed: %s", self.name, files.id, runtime_error_text(err))
-        self._remove_files(files)
+        await asyncio.to_thread(self._remove_files, files)
 
     @staticmethod
     def _remove_files(files: ContainerFiles) -> None:
@@ -543,7 +543,7 @@ class ConmonRuntime:
             raise RuntimeFailure(f"{self.name} delete {container_id}: {runtime_error_text(err) or f'exit {code}'}")
         await self._wait_for_conmon_exit(files, grace=5.0)
         status = self.exit_status(container_id)
-        self._remove_files(files)
+        await asyncio.to_thread(self._remove_files, files)
         return status
 
     @staticmethod

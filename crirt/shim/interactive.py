@@ -260,7 +260,7 @@ class ForegroundExec(ProcessIO):
         while not self._exit.done() and loop.time() < deadline:
             pid = self.pid
             if pid is not None:
-                kill_session(pid)
+                await asyncio.to_thread(kill_session, pid)  # a walk of /proc
             await asyncio.wait((self._exit,), timeout=0.05)
         if not self._exit.done():
             log.warning("%s did not exit after its exec'd process was killed; killing it", self._proc.pid)

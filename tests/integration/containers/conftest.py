@@ -43,7 +43,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[Co
         image = f"{registry.host}/library/busybox:1"
         push(layout, "busybox", image)
         net.write()
-        daemon = start_daemon(base / "d", cni_config="default_network = false\n", registries="")
+        # every stats call measures the writable layers anew, so the tests see what a container just wrote
+        daemon = start_daemon(base / "d", "[stats]\nfs_usage_interval = 0\n", cni_config="default_network = false\n",
+                              registries="")
         with daemon.channel() as channel:
             current = ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
                                    pb.grpc.ImageServiceStub(channel), pb, image)
