@@ -24,6 +24,7 @@ from crirt.api.encoders import hot_path_encoders
 from crirt.api.frontend import Frontend, Limits
 from crirt.bus import Bus, MetricsMiddleware, durable, logging_middleware
 from crirt.config import Config
+from crirt.containers.metrics import MetricsService
 from crirt.containers.queries import ContainerQueries
 from crirt.containers.service import ContainerService
 from crirt.containers.stats import StatsService
@@ -84,7 +85,9 @@ def build_app(config: Config) -> App:
     containers = ContainerService(config, store, bus, registry, sandboxes, images)
     containers.register(bus)
     sandboxes.containers = containers
-    StatsService(containers, registry, sandboxes, images.snapshots, config.stats).register(bus)
+    stats = StatsService(containers, registry, sandboxes, images.snapshots, config.stats)
+    stats.register(bus)
+    MetricsService(stats).register(bus)
     streaming = StreamingService(config.streaming, containers, sandboxes)
     streaming.register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from crirt.bus import Bus
 from crirt.commands.stats import (
@@ -29,16 +29,15 @@ from crirt.commands.stats import (
     StreamPodSandboxMetricsCommand,
     StreamPodSandboxMetricsResult,
 )
+from crirt.containers.netdev import net_dev_counters, read_net_dev
 from crirt.containers.records import ContainerRecord
+from crirt.containers.stats import StatsService
 from crirt.filters import batches
 from crirt.model.common import UInt64Value
 from crirt.model.enums import MetricType, PodSandboxState
 from crirt.model.stats import ContainerMetrics, Metric, MetricDescriptor, PodSandboxMetrics
 from crirt.sandboxes.records import SandboxRecord
 from crirt.shim.cgroups import cgroup_dirs_of, memory_figures, parse_flat_keyed, parse_limit
-
-if TYPE_CHECKING:
-    from crirt.containers.stats import StatsService
 
 BASE_KEYS = ("pod", "namespace", "container", "id", "image")
 NS_PER_S = 1_000_000_000
@@ -353,17 +352,6 @@ def open_files_soft_limit(limits: str) -> int | None:
     return None
 
 
-def net_dev_counters(text: str) -> dict[str, list[int]]:
-    """The 16 counters of each interface of a ``/proc/PID/net/dev`` text, loopback left out."""
-    interfaces = {}
-    for line in text.splitlines()[2:]:
-        name, _, counters = line.partition(":")
-        name, values = name.strip(), counters.split()
-        if name and name != "lo" and len(values) >= 16 and all(v.isdigit() for v in values[:16]):
-            interfaces[name] = [int(v) for v in values[:16]]
-    return interfaces
-
-
 def network_samples(interfaces: Mapping[str, list[int]]) -> list[Sample]:
     """The pod's traffic counters, one set per interface."""
     return [Sample(name, (interface,), counters[column]) for interface, counters in interfaces.items()
@@ -496,35 +484,48 @@ class MetricsService:
             yield StreamPodSandboxMetricsResult(pod_sandbox_metrics=list(batch))
 
     async def _all(self) -> list[PodSandboxMetrics]:
-        pods = [r for r in self.stats.sandboxes.records if r.listed and r.state == PodSandboxState.SANDBOX_READY]
-        return list(await asyncio.gather(*(self._pod(r) for r in pods)))
+        """Every ready pod's metrics: the writable layers through the stats service's cache, everything read from
+        cgroup files and ``/proc`` in one worker thread."""
+        stats = self.stats
+        pods = [r for r in stats.sandboxes.records if r.listed and r.state == PodSandboxState.SANDBOX_READY]
+        members = stats.members(pods)
+        running = {pod.id: [(r, pid) for r in members[pod.id] if (pid := stats.pid_of(r)) > 0] for pod in pods}
+        read = await stats.prefetch([r for group in running.values() for r, _ in group], cgroups=False)
+        usages = {container_id: usage or None for container_id, usage in read.layers.items()}
+        read = await asyncio.to_thread(self._read, pods, running, usages)
+        now = int(time.time())
+        return [PodSandboxMetrics(
+            pod_sandbox_id=pod.id, metrics=to_metrics(pod_labels(pod), read[pod.id][0]),
+            container_metrics=[ContainerMetrics(container_id=r.id, metrics=to_metrics(
+                container_labels(pod, r), [*samples, Sample("container_last_seen", (), now),
+                                           Sample("container_start_time_seconds", (), r.started_at // NS_PER_S)]))
+                for (r, _), samples in zip(running[pod.id], read[pod.id][1], strict=True)])
+            for pod in pods]
 
-    async def _pod(self, pod: SandboxRecord) -> PodSandboxMetrics:
-        members = [r for r in self.stats.containers.records if r.sandbox_id == pod.id]
-        running = [(r, pid) for r in members if (pid := self.stats.pid_of(r)) > 0]
-        containers = await asyncio.gather(*(self._container(pod, r, pid) for r, pid in running))
-        net_dev = await self.stats.net_dev(self.stats.pod_pids(pod, [pid for _, pid in running]))
-        network = network_samples(net_dev_counters(net_dev[1])) if net_dev else []
-        return PodSandboxMetrics(pod_sandbox_id=pod.id, metrics=to_metrics(pod_labels(pod), network),
-                                 container_metrics=list(containers))
+    def _read(self, pods: list[SandboxRecord], running: dict[str, list[tuple[ContainerRecord, int]]],
+              usages: dict[str, tuple[int, ...] | None]) -> dict[str, tuple[list[Sample], list[list[Sample]]]]:
+        """For each pod: its network samples, and each running container's cgroup, ``/proc`` and filesystem
+        samples. Reads files only: runs in a worker thread."""
+        filesystem = self._filesystem()
+        read = {}
+        for pod in pods:
+            net_dev = read_net_dev(self.stats.pod_pids(pod, [pid for _, pid in running[pod.id]]))
+            network = network_samples(net_dev_counters(net_dev[1])) if net_dev else []
+            containers = []
+            for record, pid in running[pod.id]:
+                usage = usages.get(record.id)
+                containers.append([*process_samples(pid), *filesystem(usage[1] if usage else None)])
+            read[pod.id] = (network, containers)
+        return read
 
-    async def _container(self, pod: SandboxRecord, record: ContainerRecord, pid: int) -> ContainerMetrics:
-        async with self.stats.slots:
-            samples = await asyncio.to_thread(process_samples, pid)
-        usage = await self.stats.writable_layer_usage(record.id)
-        samples += await asyncio.to_thread(self._filesystem, usage[1] if usage else None)
-        samples += [Sample("container_last_seen", (), int(time.time())),
-                    Sample("container_start_time_seconds", (), record.started_at // NS_PER_S)]
-        return ContainerMetrics(container_id=record.id, metrics=to_metrics(container_labels(pod, record), samples))
-
-    def _filesystem(self, used: int | None) -> list[Sample]:
-        """The writable layer's figures (``used`` bytes in it, None when unknown); none when its filesystem
-        cannot be read."""
-        snapshots = self.stats.snapshots
-        root = snapshots.rootfs_root
+    def _filesystem(self) -> Callable[[int | None], list[Sample]]:
+        """The writable-layer samples for a layer of ``used`` bytes (None when unknown); none at all when the
+        filesystem of the writable layers cannot be read."""
+        root = self.stats.snapshots.rootfs_root
         try:
             fs = os.statvfs(root)
             st_dev = os.stat(root).st_dev
         except OSError:
-            return []
-        return filesystem_samples(block_device_name(f"{os.major(st_dev)}:{os.minor(st_dev)}"), fs, used)
+            return lambda used: []
+        device = block_device_name(f"{os.major(st_dev)}:{os.minor(st_dev)}")
+        return lambda used: filesystem_samples(device, fs, used)

@@ -1,5 +1,5 @@
 """ContainerStats, ListContainerStats, StreamContainerStats, PodSandboxStats, ListPodSandboxStats and
-StreamPodSandboxStats; the metrics RPCs (``crirt.containers.metrics``) are registered from here too.
+StreamPodSandboxStats (the metrics RPCs, ``crirt.containers.metrics``, read through this service).
 
 Each container's cgroup counters come from its shim (``Shim.stats``: a dict with ``timestamp`` and ``cpu``,
 ``memory``, ``process`` sections), its writable layer's usage from the snapshotter, swap straight from the
@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from crirt.bus import Bus
@@ -38,7 +37,7 @@ from crirt.commands.stats import (
     StreamPodSandboxStatsResult,
 )
 from crirt.config import StatsConfig
-from crirt.containers.metrics import MetricsService, net_dev_counters
+from crirt.containers.netdev import net_dev_counters, read_net_devs
 from crirt.containers.records import ContainerRecord
 from crirt.containers.service import ContainerService
 from crirt.errors import CrirtError, NotFound
@@ -95,6 +94,25 @@ def parse_net_dev(text: str) -> list[NetworkInterfaceUsage]:
             for name, numbers in net_dev_counters(text).items()]
 
 
+def network_usage(net_dev: tuple[int, str] | None) -> NetworkUsage | None:
+    """A pod's interfaces from what ``read_net_dev`` read."""
+    if net_dev is None:
+        return None
+    timestamp, text = net_dev
+    interfaces = parse_net_dev(text)
+    default = next((i for i in interfaces if i.name == DEFAULT_INTERFACE), interfaces[0] if interfaces else None)
+    return NetworkUsage(timestamp=timestamp, default_interface=default, interfaces=interfaces)
+
+
+@dataclass
+class Read:
+    """What ``StatsService.prefetch`` read or found cached: shim samples and writable-layer usage
+    ((timestamp, bytes, inodes), or () where it could not be read), by container id."""
+
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class _Sample:
     """What one container contributes to its pod's figures."""
@@ -136,13 +154,13 @@ class StatsService:
         bus.register(ListPodSandboxStatsCommand, self.list_pod_stats)
         bus.register(StreamContainerStatsCommand, self.stream_container_stats)
         bus.register(StreamPodSandboxStatsCommand, self.stream_pod_stats)
-        MetricsService(self).register(bus)
 
     # ---- containers ---------------------------------------------------------------------------------------
 
     async def container_stats(self, command: ContainerStatsCommand) -> ContainerStatsResult:
         record = self.containers.get(command.container_id)
-        return ContainerStatsResult(stats=(await self._sample(record)).stats)
+        read = await self.prefetch([record])
+        return ContainerStatsResult(stats=self._sample(record, read).stats)
 
     async def stream_container_stats(self, command: StreamContainerStatsCommand
                                      ) -> AsyncIterator[StreamContainerStatsResult]:
@@ -156,7 +174,8 @@ class StatsService:
                    if wanted is None or (id_matches(wanted.id, r.id)
                                          and id_matches(wanted.pod_sandbox_id, r.sandbox_id)
                                          and labels_match(wanted.label_selector, r.config.labels))]
-        samples = await asyncio.gather(*(self._sample(r) for r in records))
+        read = await self.prefetch(records)
+        samples = [self._sample(r, read) for r in records]
         self._forget_gone()
         return ListContainerStatsResult(stats=[s.stats for s in samples])
 
@@ -173,24 +192,55 @@ class StatsService:
         """The pid of a running container's init process (from its record); 0 when it does not run."""
         return record.pid if record.state == ContainerState.CONTAINER_RUNNING else 0
 
-    async def _shim_sample(self, record: ContainerRecord) -> tuple[dict[str, Any], int]:
-        """The shim's cgroup sample (cached for one collection interval) and the container's pid; empty and 0
-        when it does not run."""
-        pid = self.pid_of(record)
-        if pid <= 0:
-            return {}, 0
-        raw = self._raw.get(record.id)
-        if raw is None:
-            try:
-                async with self.slots:
-                    raw = self._raw.put(record.id, await self.registry.resolve(record.runtime_handler).stats(record.id))
-            except CrirtError as exc:
-                log.debug("stats of container %s: %s", record.id, exc)
-                return {}, 0
-        return raw, pid
+    async def prefetch(self, records: list[ContainerRecord], *, cgroups: bool = True) -> Read:
+        """The samples of ``records``, from the caches where young enough; the rest is read in one batch: the
+        cgroup counters by one ``stats_many`` call per runtime handler, the writable layers in one thread."""
+        read = Read()
+        missing: dict[str, list[str]] = {}
+        layers = []
+        for record in records:
+            if cgroups and self.pid_of(record) > 0:
+                if (sample := self._raw.get(record.id)) is not None:
+                    read.samples[record.id] = sample
+                else:
+                    missing.setdefault(record.runtime_handler, []).append(record.id)
+            if (usage := self._layers.get(record.id)) is not None:
+                read.layers[record.id] = usage
+            else:
+                layers.append(record.id)
+        await asyncio.gather(*(self._fetch_samples(handler, ids, read) for handler, ids in missing.items()),
+                             self._fetch_layers(layers, read))
+        return read
 
-    async def _sample(self, record: ContainerRecord) -> _Sample:
-        raw, pid = await self._shim_sample(record)
+    async def _fetch_samples(self, handler: str, ids: list[str], read: Read) -> None:
+        try:
+            samples = await self.registry.resolve(handler).stats_many(ids)
+        except CrirtError as exc:
+            log.debug("stats of %d container(s) of handler %r: %s", len(ids), handler, exc)
+            return
+        for container_id, sample in samples.items():
+            read.samples[container_id] = self._raw.put(container_id, sample)
+
+    async def _fetch_layers(self, ids: list[str], read: Read) -> None:
+        if ids:
+            for container_id, usage in (await asyncio.to_thread(self._measure_layers, ids)).items():
+                read.layers[container_id] = self._layers.put(container_id, usage)
+
+    def _measure_layers(self, ids: list[str]) -> dict[str, tuple[int, ...]]:
+        """(timestamp, bytes, inodes) of each writable layer, () where it cannot be read. Walks each tree."""
+        measured: dict[str, tuple[int, ...]] = {}
+        for container_id in ids:
+            timestamp = time.time_ns()
+            try:
+                measured[container_id] = (timestamp, *self.snapshots.rootfs_usage(container_id))
+            except (OSError, LookupError, CrirtError):
+                measured[container_id] = ()
+        return measured
+
+    def _sample(self, record: ContainerRecord, read: Read) -> _Sample:
+        """A container's stats from what ``prefetch`` read; empty figures where nothing could be read."""
+        pid = self.pid_of(record)
+        raw: dict[str, Any] = read.samples.get(record.id, {}) if pid > 0 else {}
         attributes = ContainerAttributes(id=record.id, metadata=record.config.metadata, labels=record.config.labels,
                                          annotations=record.config.annotations)
         timestamp = int(raw.get("timestamp") or time.time_ns())
@@ -203,8 +253,8 @@ class StatsService:
             attributes=attributes, cpu=cpu,
             memory=MemoryUsage(timestamp=timestamp, **{k: _u64(memory.get(k)) for k in MEMORY_FIELDS})
             if memory else None,
-            writable_layer=await self._writable_layer(record.id), swap=swap)
-        return _Sample(stats, raw, pid)
+            writable_layer=self._writable_layer(read.layers.get(record.id) or None), swap=swap)
+        return _Sample(stats, raw, pid if raw else 0)
 
     def _cpu_usage(self, key: str, timestamp: int, usage: int | None) -> CpuUsage | None:
         if usage is None:
@@ -217,23 +267,7 @@ class StatsService:
             self._cpu[key] = (timestamp, usage, rate)
         return CpuUsage(timestamp=timestamp, usage_core_nano_seconds=_u64(usage), usage_nano_cores=_u64(rate))
 
-    async def writable_layer_usage(self, container_id: str) -> tuple[int, int, int] | None:
-        """(timestamp, bytes, inodes) of a container's writable layer, measured at most once per
-        ``fs_usage_interval``; None when it cannot be read. The walk of the tree runs in a thread."""
-        cached = self._layers.get(container_id)
-        if cached is not None:
-            return cached or None
-        timestamp = time.time_ns()
-        try:
-            async with self.slots:
-                used, inodes = await asyncio.to_thread(self.snapshots.rootfs_usage, container_id)
-        except (OSError, LookupError, CrirtError):
-            self._layers.put(container_id, ())
-            return None
-        return self._layers.put(container_id, (timestamp, used, inodes))
-
-    async def _writable_layer(self, container_id: str) -> FilesystemUsage | None:
-        usage = await self.writable_layer_usage(container_id)
+    def _writable_layer(self, usage: tuple[int, ...] | None) -> FilesystemUsage | None:
         if usage is None:
             return None
         timestamp, used, inodes = usage
@@ -247,7 +281,8 @@ class StatsService:
         record = self.sandboxes.find(command.pod_sandbox_id)
         if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
-        return PodSandboxStatsResult(stats=await self._pod_sample(record))
+        [stats] = await self._pod_samples([record])
+        return PodSandboxStatsResult(stats=stats)
 
     async def stream_pod_stats(self, command: StreamPodSandboxStatsCommand
                                ) -> AsyncIterator[StreamPodSandboxStatsResult]:
@@ -261,13 +296,29 @@ class StatsService:
                    if r.listed and r.state == PodSandboxState.SANDBOX_READY
                    and (wanted is None or (id_matches(wanted.id, r.id)
                                            and labels_match(wanted.label_selector, r.config.labels)))]
-        stats = await asyncio.gather(*(self._pod_sample(r) for r in records))
+        stats = await self._pod_samples(records)
         self._forget_gone()
-        return ListPodSandboxStatsResult(stats=list(stats))
+        return ListPodSandboxStatsResult(stats=stats)
 
-    async def _pod_sample(self, record: SandboxRecord) -> PodSandboxStats:
-        members = [r for r in self.containers.records if r.sandbox_id == record.id]
-        samples = await asyncio.gather(*(self._sample(r) for r in members))
+    def members(self, pods: list[SandboxRecord]) -> dict[str, list[ContainerRecord]]:
+        """The containers of each pod, by pod id."""
+        members: dict[str, list[ContainerRecord]] = {pod.id: [] for pod in pods}
+        for record in self.containers.records:
+            if record.sandbox_id in members:
+                members[record.sandbox_id].append(record)
+        return members
+
+    async def _pod_samples(self, pods: list[SandboxRecord]) -> list[PodSandboxStats]:
+        """The stats of each pod: its containers' samples read in one batch, its network in one thread."""
+        members = self.members(pods)
+        read = await self.prefetch([r for group in members.values() for r in group])
+        samples = {pod.id: [self._sample(r, read) for r in members[pod.id]] for pod in pods}
+        net_devs = await asyncio.to_thread(read_net_devs, [
+            self.pod_pids(pod, [s.pid for s in samples[pod.id] if s.pid > 0]) for pod in pods])
+        return [self._pod_sample(pod, samples[pod.id], net_dev) for pod, net_dev in zip(pods, net_devs, strict=True)]
+
+    def _pod_sample(self, record: SandboxRecord, samples: list[_Sample],
+                    net_dev: tuple[int, str] | None) -> PodSandboxStats:
         timestamp = time.time_ns()
         running = [s for s in samples if s.raw]
         cpu = memory = process = None
@@ -283,11 +334,10 @@ class StatsService:
             counts = [s.raw.get("process", {}).get("process_count") for s in running]
             if any(c is not None for c in counts):
                 process = ProcessUsage(timestamp=timestamp, process_count=_u64(sum(c or 0 for c in counts)))
-        pids = self.pod_pids(record, [s.pid for s in samples if s.pid > 0])
         return PodSandboxStats(
             attributes=PodSandboxAttributes(id=record.id, metadata=record.config.metadata,
                                             labels=record.config.labels, annotations=record.config.annotations),
-            linux=LinuxPodSandboxStats(cpu=cpu, memory=memory, network=await self._network(pids),
+            linux=LinuxPodSandboxStats(cpu=cpu, memory=memory, network=network_usage(net_dev),
                                        process=process, containers=[s.stats for s in samples]))
 
     @staticmethod
@@ -295,24 +345,3 @@ class StatsService:
         """Processes inside the pod's network namespace: its infra container's first, then its containers'."""
         ready = record.state == PodSandboxState.SANDBOX_READY and record.infra_pid > 0
         return [record.infra_pid, *container_pids] if ready else list(container_pids)
-
-    @staticmethod
-    async def net_dev(pids: list[int]) -> tuple[int, str] | None:
-        """(timestamp, ``/proc/PID/net/dev`` text) through the first of the processes still alive."""
-        for pid in pids:
-            timestamp = time.time_ns()
-            try:
-                return timestamp, await asyncio.to_thread(Path(f"/proc/{pid}/net/dev").read_text)
-            except (OSError, ValueError):
-                continue
-        return None
-
-    async def _network(self, pids: list[int]) -> NetworkUsage | None:
-        """The pod's interfaces, read through the first of its processes still alive."""
-        read = await self.net_dev(pids)
-        if read is None:
-            return None
-        timestamp, text = read
-        interfaces = parse_net_dev(text)
-        default = next((i for i in interfaces if i.name == DEFAULT_INTERFACE), interfaces[0] if interfaces else None)
-        return NetworkUsage(timestamp=timestamp, default_interface=default, interfaces=interfaces)

@@ -13,6 +13,7 @@ from crirt.shim.contract import (
     ShimContext,
     Stdio,
     TaskState,
+    stats_of_each,
 )
 from crirt.shim.delegating import DelegatingShim, ShimDriver
 from crirt.shim.options import check_known, executable
@@ -34,4 +35,5 @@ __all__ = [
     "TaskState",
     "check_known",
     "executable",
+    "stats_of_each",
 ]

@@ -8,16 +8,38 @@ plugin only when the plugin's ``api_version`` has the same major number.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crirt.errors import Unimplemented
+from crirt.errors import CrirtError, Unimplemented
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
+"""1.1: ``Shim.stats_many`` (optional; batched stats)."""
 ENTRY_POINT_GROUP = "crirt.shims"
+
+
+STATS_FAN_OUT = 8
+"""Tasks whose ``stats`` run at the same time in ``stats_of_each``."""
+
+
+async def stats_of_each(stats: Callable[[str], Awaitable[dict[str, Any]]], task_ids: Sequence[str],
+                        fan_out: int = STATS_FAN_OUT) -> dict[str, dict[str, Any]]:
+    """Call ``stats`` for every id, ``fan_out`` at a time; ids whose call fails with a CrirtError are left out."""
+    slots = asyncio.Semaphore(fan_out)
+
+    async def one(task_id: str) -> tuple[str, dict[str, Any] | None]:
+        async with slots:
+            try:
+                return task_id, await stats(task_id)
+            except CrirtError:
+                return task_id, None
+
+    return {task_id: sample for task_id, sample in await asyncio.gather(*(one(i) for i in task_ids))
+            if sample is not None}
 
 
 class _Data(BaseModel):
@@ -192,7 +214,17 @@ class Shim(abc.ABC):
         """Apply new OCI ``linux.resources`` to a running task."""
 
     @abc.abstractmethod
-    async def stats(self, task_id: str) -> dict[str, Any]: ...
+    async def stats(self, task_id: str) -> dict[str, Any]:
+        """A sample of the task's counters: ``timestamp`` (unix ns) and ``cpu``, ``memory``, ``process``, ``swap``
+        sections named after the CRI's fields (see ``crirt.shim.cgroups.CgroupStats.as_dict``). It sits on the
+        kubelet's polling path: read files where the runtime allows it rather than run a program. crirt asks at
+        most once per task per ``[stats] collect_interval``."""
+
+    async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``stats`` of several tasks at once, for the List*Stats RPCs; tasks whose stats cannot be read are
+        left out. By default ``stats`` of at most ``STATS_FAN_OUT`` tasks at a time; a driver that reads files
+        overrides it with one batch."""
+        return await stats_of_each(self.stats, task_ids)
 
     @abc.abstractmethod
     async def pids(self, task_id: str) -> list[int]: ...

@@ -6,6 +6,7 @@ every task method is handed to the driver, which has the contract's method names
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ class ShimDriver(Protocol):
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None: ...
     async def update(self, task_id: str, resources: dict[str, Any]) -> None: ...
     async def stats(self, task_id: str) -> dict[str, Any]: ...
+    async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     async def pids(self, task_id: str) -> list[int]: ...
     async def close(self) -> None: ...
 
@@ -75,6 +77,9 @@ class DelegatingShim(Shim):
 
     async def stats(self, task_id: str) -> dict[str, Any]:
         return await self.runtime.stats(task_id)
+
+    async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return await self.runtime.stats_many(task_ids)
 
     async def pids(self, task_id: str) -> list[int]:
         return await self.runtime.pids(task_id)

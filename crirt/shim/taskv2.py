@@ -40,7 +40,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from crirt._gen.google.protobuf import Empty
 from crirt._gen.runtimeoptions.v1 import Options as RuntimeOptions
 from crirt.errors import CrirtError, FailedPrecondition, InvalidArgument, NotFound
 from crirt.shim.cgroups import read_stats
-from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
+from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState, stats_of_each
 from crirt.shim.crilog import CriLog
 from crirt.shim.taskv2_attach import AttachServer
 from crirt.shim.taskv2_exec import FifoExec, run_to_end, start_detached
@@ -472,6 +472,10 @@ class ShimV2Runtime:
             return read_stats(state.pid).as_dict()
         except ProcessLookupError:
             raise FailedPrecondition(f"task {task_id!r} exited while reading its stats") from None
+
+    async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``stats`` of each task (a call to its shim each), a few at a time."""
+        return await stats_of_each(self.stats, task_ids)
 
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
         """Resize the terminal of the task (or of one of its execs)."""

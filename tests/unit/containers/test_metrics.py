@@ -13,7 +13,6 @@ from crirt.containers.metrics import (
     Sample,
     cgroup_samples,
     filesystem_samples,
-    net_dev_counters,
     network_samples,
     open_files_soft_limit,
     parse_blkio,
@@ -21,6 +20,7 @@ from crirt.containers.metrics import (
     to_metrics,
     weight_to_shares,
 )
+from crirt.containers.netdev import net_dev_counters
 from crirt.model.enums import MetricType
 
 V1 = {

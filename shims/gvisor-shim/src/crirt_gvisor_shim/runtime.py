@@ -33,12 +33,14 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from crirt.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from crirt.proc import run as run_process
 from crirt.proc import wait_exit
+from crirt.shim import stats_of_each
 from crirt.shim.conmon import (
     UNKNOWN_EXIT_CODE,
     ConmonRuntime,
@@ -263,6 +265,11 @@ class GvisorRuntime(ConmonRuntime):
             return parse_stats_event(await self._run(container_id, "events", "--stats", container_id))
         except (ValueError, TypeError, AttributeError) as exc:
             raise RuntimeFailure(f"{self.name} events --stats {container_id}: unreadable output ({exc})") from None
+
+    async def stats_many(self, container_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``stats`` (a runsc call) of each container, a few at a time: the sandbox's kernel keeps the counters,
+        not the host's cgroup files the conmon driver reads in one batch."""
+        return await stats_of_each(self.stats, container_ids)
 
     async def pids(self, container_id: str) -> list[int]:
         """The host processes that run the container: gVisor runs all of a pod's processes in its sandbox
