@@ -58,7 +58,7 @@ def to_command(message: betterproto2.Message, command_type: type[T]) -> T:
 
 
 @cache
-def _field_types(message_type: type[betterproto2.Message]) -> dict[str, Any]:
+def field_types(message_type: type[betterproto2.Message]) -> dict[str, Any]:
     """The resolved type hint of every field of a generated message class."""
     hints = typing.get_type_hints(message_type)
     return {field.name: hints[field.name] for field in dataclasses.fields(message_type)}
@@ -90,7 +90,7 @@ def to_message(model: BaseModel, message_type: type[M]) -> M:
     return message_type(
         **{
             name: _message_value(getattr(model, name), hint)
-            for name, hint in _field_types(message_type).items()
+            for name, hint in field_types(message_type).items()
         }
     )
 

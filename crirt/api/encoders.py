@@ -19,8 +19,8 @@ from crirt._gen.runtime.v1 import (
     StreamContainersResponse,
     StreamPodSandboxesResponse,
 )
-from crirt.api.convert import to_message
 from crirt.api.frontend import ResponseEncoder
+from crirt.api.protoenc import encode
 from crirt.commands.base import Result
 from crirt.model.base import Model
 
@@ -51,7 +51,7 @@ class CachedListEncoder:
         for item in items:
             hit = cache.get(item.id)
             if hit is None or hit[0] is not item:
-                body = bytes(to_message(item, self._item_type))
+                body = encode(item, self._item_type)
                 hit = (item, self._tag + _varint(len(body)) + body)
                 cache[item.id] = hit
             parts.append(hit[1])

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from crirt import __version__, errors
 from crirt.api.codec import Encoded
-from crirt.api.convert import describe_validation_error, to_command, to_message
+from crirt.api.convert import describe_validation_error, to_command
+from crirt.api.protoenc import encode
 from crirt.api.rpcs import Rpc, cri_rpcs
 from crirt.api.wire import WireError, check_message
 from crirt.bus import Bus
@@ -189,10 +190,10 @@ _STREAMING_ALTERNATIVE = {
 
 
 def _generic_encoder(response_type: type) -> ResponseEncoder:
-    def encode(result: Result) -> bytes:
-        return bytes(to_message(result, response_type))
+    def encode_response(result: Result) -> bytes:
+        return encode(result, response_type)
 
-    return encode
+    return encode_response
 
 
 async def _read_message(stream: grpclib.server.Stream[Any, Any], rpc_name: str, limit: int) -> bytes:

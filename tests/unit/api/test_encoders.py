@@ -30,13 +30,13 @@ def test_matches_a_full_encode_for_each_listing_rpc() -> None:
 
 def test_only_changed_objects_are_re_encoded(monkeypatch) -> None:
     encoded: list[str] = []
-    real = encoders.to_message
+    real = encoders.encode
 
     def counting(model, message_type):
         encoded.append(model.id)
         return real(model, message_type)
 
-    monkeypatch.setattr(encoders, "to_message", counting)
+    monkeypatch.setattr(encoders, "encode", counting)
     encode = encoders.hot_path_encoders()["ListContainers"]
     items = containers(200)
     encode(ListContainersResult(containers=items))
