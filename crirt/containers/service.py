@@ -124,6 +124,7 @@ class ContainerService:
         self._names = {r.name_key: r.id for r in self.records}
         self._locks: dict[str, asyncio.Lock] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._verbose_info: dict[str, tuple[ContainerRecord, str]] = {}
         self._host: HostFacts | None = None
 
     def register(self, bus: Bus) -> None:
@@ -482,6 +483,7 @@ class ContainerService:
             await asyncio.to_thread(shutil.rmtree, record.bundle, True)
             self.listing.delete(container_id)
             self.records.delete(container_id)
+            self._verbose_info.pop(container_id, None)
             if self._names.get(record.name_key) == container_id:
                 del self._names[record.name_key]
         self._locks.pop(container_id, None)
@@ -507,8 +509,16 @@ class ContainerService:
 
     async def status(self, command: ContainerStatusCommand) -> ContainerStatusResult:
         record = self.get(command.container_id)
-        info = {"info": json.dumps(await self._verbose(record))} if command.verbose else {}
+        info = {"info": await self._verbose_json(record)} if command.verbose else {}
         return ContainerStatusResult(status=record.status(), info=info)
+
+    async def _verbose_json(self, record: ContainerRecord) -> str:
+        """The verbose info as JSON, made once per version of the record (a record is replaced on every change,
+        the bundle's spec too)."""
+        cached = self._verbose_info.get(record.id)
+        if cached is None or cached[0] is not record:
+            cached = self._verbose_info[record.id] = (record, json.dumps(await self._verbose(record)))
+        return cached[1]
 
     async def _verbose(self, record: ContainerRecord) -> dict[str, Any]:
         """ContainerStatus' verbose info, from the record and the bundle (no runtime call)."""

@@ -156,6 +156,7 @@ class SandboxService:
         self._background: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._cgroups: str | None = None
+        self._verbose_info: dict[str, tuple[SandboxRecord, bool, str]] = {}
 
     def register(self, bus: Bus) -> None:
         bus.register(RunPodSandboxCommand, self.run)
@@ -237,6 +238,7 @@ class SandboxService:
         if record.id in self.listing:
             self.listing.delete(record.id)
         self.records.delete(record.id)
+        self._verbose_info.pop(record.id, None)
         if self._names.get(record.name_key) == record.id:
             del self._names[record.name_key]
 
@@ -488,10 +490,19 @@ class SandboxService:
             network=network, linux=LinuxPodSandboxStatus(namespaces=Namespace(options=record.namespace_options)),
             labels=record.config.labels, annotations=record.config.annotations,
             runtime_handler=record.runtime_handler)
-        info = {"info": json.dumps(await self._verbose(record))} if command.verbose else {}
+        info = {"info": await self._verbose_json(record)} if command.verbose else {}
         return PodSandboxStatusResult(status=status, info=info, timestamp=time.time_ns())
 
-    async def _verbose(self, record: SandboxRecord) -> dict[str, Any]:
+    async def _verbose_json(self, record: SandboxRecord) -> str:
+        """The verbose info as JSON, made once per version of the record and state of its infra process."""
+        alive = record.infra_pid > 0 and os.path.exists(f"/proc/{record.infra_pid}")
+        cached = self._verbose_info.get(record.id)
+        if cached is None or cached[0] is not record or cached[1] != alive:
+            info = await asyncio.to_thread(self._verbose, record, alive)
+            cached = self._verbose_info[record.id] = (record, alive, json.dumps(info))
+        return cached[2]
+
+    def _verbose(self, record: SandboxRecord, alive: bool) -> dict[str, Any]:
         """PodSandboxStatus' verbose info, from the record and files only (no runtime call)."""
         paths = self.paths(record.id)
         cached = self.cni.cached(record.id)
@@ -516,7 +527,6 @@ class SandboxService:
             "problem": record.problem,
         }
         if record.infra:
-            alive = record.infra_pid > 0 and os.path.exists(f"/proc/{record.infra_pid}")
             details["infraContainer"] = {"id": record.id, "bundle": str(paths.infra_bundle),
                                          "status": "running" if alive else "stopped", "pid": record.infra_pid}
         return details
