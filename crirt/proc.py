@@ -3,8 +3,9 @@
 Why not ``asyncio.create_subprocess_exec``: on uvloop (crirt's loop) it spawns with libuv's ``fork()``, which
 copies the page tables of the whole daemon and measured about twice as slow per process as CPython's
 ``subprocess.Popen``, which uses ``vfork()``. A pod start runs several processes on its critical path, so
-this module spawns with ``Popen``, reads the output through the loop's pipe transports, and learns of the
-exit through a pidfd (falling back to polling on kernels without ``pidfd_open``).
+this module spawns with ``Popen``, reads the output itself (``add_reader`` and ``os.read``: handing the pipes to
+uvloop's transports closed descriptors twice), and learns of the exit through a pidfd (falling back to polling
+on kernels without ``pidfd_open``). It is the one way crirt starts a program.
 
 When the caller is cancelled (a passed deadline), the process is allowed to finish (up to ``grace``
 seconds, then SIGKILL) before the cancellation goes on, so no cleanup ever races a half-done step.
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,42 +90,99 @@ async def wait_exit(proc: subprocess.Popen[Any]) -> int:
     return proc.wait()
 
 
+class _Output:
+    """What a process printed, kept up to ``limit`` bytes for stdout and stderr together (the rest is read and
+    dropped, so the writer never blocks on a full pipe)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.streams = (bytearray(), bytearray())
+
+    def add(self, stream: int, chunk: bytes) -> None:
+        if self.limit is not None:
+            chunk = chunk[:max(self.limit - len(self.streams[0]) - len(self.streams[1]), 0)]
+        self.streams[stream].extend(chunk)
+
+
+async def _collect(fd: int, output: _Output, stream: int) -> None:
+    """Read a non-blocking pipe end into ``output`` until EOF (what was read stays there if cancelled)."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            await readable(fd)
+            continue
+        if not chunk:
+            return
+        output.add(stream, chunk)
+
+
 async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: int | None = None,
-              time_limit: float | None = None, grace: float = 60.0) -> Completed:
+              cwd: str | None = None, time_limit: float | None = None, grace: float = 60.0,
+              output_limit: int | None = None, drain: float | None = None,
+              stop: Callable[[], Awaitable[None]] | None = None, output: int | None = None) -> Completed:
     """Run ``argv`` to completion (``stdin``: a file descriptor, default /dev/null); never raises for a
-    non-zero exit. ``ProcessTimeout`` after ``time_limit`` seconds (the process is killed); OSError if it
-    cannot be started."""
-    out_r, out_w = nonblocking_pipe()
-    err_r, err_w = nonblocking_pipe()
+    non-zero exit; OSError if it cannot be started.
+
+    ``output_limit`` caps stdout and stderr together while reading. ``drain``: once the process has exited, wait
+    at most this many seconds for its output to end (a background child may keep the pipes open) and return
+    what was read by then; None waits for the end. ``output``: a file descriptor that gets stdout and stderr
+    instead (nothing is captured; for a process that leaves a child behind holding them). After ``time_limit``
+    seconds ``stop()`` is awaited (default: SIGKILL the process), the process gets ``grace`` seconds to exit, and
+    ``ProcessTimeout`` is raised; a cancelled caller with a ``stop`` stops the process the same way."""
+    pipes = [] if output is not None else [nonblocking_pipe(), nonblocking_pipe()]
     try:
         # Popen returns as soon as the vfork()ed child has exec'd (about a millisecond): fine on the loop.
         proc = subprocess.Popen(  # noqa: ASYNC220
-            list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=out_w, stderr=err_w,
-            env=None if env is None else dict(env), close_fds=True)
+            list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=pipes[0][1] if pipes else output, stderr=pipes[1][1] if pipes else output,
+            env=None if env is None else dict(env), cwd=cwd, close_fds=True)
     except BaseException:
-        for fd in (out_r, err_r):
-            os.close(fd)
+        for read_end, _ in pipes:
+            os.close(read_end)
         raise
     finally:
-        for fd in (out_w, err_w):
-            os.close(fd)
+        for _, write_end in pipes:
+            os.close(write_end)
+    printed = _Output(output_limit)
 
     async def finish() -> Completed:
+        readers = [asyncio.ensure_future(_collect(read_end, printed, stream))
+                   for stream, (read_end, _) in enumerate(pipes)]
         try:
-            out, err, code = await asyncio.gather(read_pipe(out_r), read_pipe(err_r), wait_exit(proc))
+            code = await wait_exit(proc)
+            if readers:
+                await asyncio.wait(readers, timeout=drain)
         finally:
-            for fd in (out_r, err_r):
-                os.close(fd)
-        return Completed(code, out, err)
+            for reader in readers:
+                reader.cancel()
+            outcomes = await asyncio.gather(*readers, return_exceptions=True)
+            for read_end, _ in pipes:
+                os.close(read_end)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome  # a broken reader is a bug, not output
+        return Completed(code, bytes(printed.streams[0]), bytes(printed.streams[1]))
+
+    async def end() -> None:
+        if stop is not None:
+            with contextlib.suppress(Exception):
+                await stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(work), grace)
+        _kill(proc)
+        await work
 
     work: asyncio.Future[Any] = asyncio.ensure_future(finish())
     try:
         return await asyncio.wait_for(asyncio.shield(work), time_limit)
     except TimeoutError:
-        _kill(proc)
-        await work
-        raise ProcessTimeout(f"{argv[0]} ran longer than {time_limit:g}s and was killed") from None
+        await end()
+        raise ProcessTimeout(f"{argv[0]} ran longer than {time_limit:g}s and was stopped") from None
     except asyncio.CancelledError:
+        if stop is not None:
+            await end()
+            raise
         try:
             await asyncio.wait_for(asyncio.shield(work), grace)
         except TimeoutError:

@@ -6,8 +6,9 @@ Rules this module keeps:
   step fails (rootfs, bundle, task, name reservation), shielded from the caller's cancellation.
 - A container name (sandbox, name, attempt) is reserved from CreateContainer until RemoveContainer.
 - Records are written before the event that reports them is published.
-- One exit watcher per running container awaits ``shim.wait`` and records the exit; StopContainer records
-  the same exit itself. Whichever comes first moves the record to EXITED; the other does nothing.
+- Each running container has a task awaiting ``shim.wait`` (woken by the driver's one exit event source, never
+  polling) that records the exit; StopContainer records the same exit itself. Whichever comes first moves the
+  record to EXITED; the other does nothing.
 """
 
 from __future__ import annotations

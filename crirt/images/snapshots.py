@@ -25,6 +25,7 @@ from pathlib import Path
 from crirt.errors import FailedPrecondition, NotFound
 from crirt.images.unpack import disk_usage
 from crirt.network import netns
+from crirt.proc import run
 
 MAX_MOUNT_OPTIONS = 4000
 """The kernel reads mount options from one page; leave room for the rest of the string."""
@@ -38,10 +39,9 @@ def _hex(chain_id: str) -> str:
 
 
 async def _run(*argv: str, cwd: Path | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    output, _ = await proc.communicate()
-    return proc.returncode or 0, output.decode(errors="replace").strip()
+    """Exit code and what ``argv`` printed (stderr, then stdout)."""
+    done = await run(argv, cwd=str(cwd) if cwd is not None else None)
+    return done.returncode, (done.stderr + done.stdout).decode(errors="replace").strip()
 
 
 class SnapshotStore:

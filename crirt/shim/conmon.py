@@ -17,6 +17,7 @@ Files under the driver's ``state_dir``::
     containers/<id>/            conmon's working and --persist-dir directory
         conmon.pid              conmon's pid (-P)
         pid                     the container's init pid (-p, written by the runtime)
+        started                 made once the container was started
         conmon.log              what conmon printed before it detached (its errors end up here)
         oom                     created by conmon when the kernel OOM-killed the container
         exec/<exec-id>/         process.json and pid file of an exec; the output of a detached exec
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
-from crirt.proc import ProcessTimeout, nonblocking_pipe, read_pipe, readable, wait_exit
+from crirt.proc import Completed, ProcessTimeout, nonblocking_pipe, read_pipe, readable, wait_exit
 from crirt.proc import run as run_process
 from crirt.shim.cgroups import read_stats
 from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
@@ -59,7 +60,17 @@ UNKNOWN_EXIT_CODE = 255
 """Reported when a container is gone but conmon died before it could record the exit code."""
 
 EXEC_OUTPUT_LIMIT = 16 << 20
-"""At most this many bytes of each stream of an ``exec_sync`` are kept; the rest is read and dropped."""
+"""At most this many bytes of an ``exec_sync``'s stdout and stderr together are kept; the rest is read and
+dropped (the kubelet's own limit)."""
+
+EXEC_DRAIN = 0.5
+"""Seconds ``exec_sync`` waits, once the process has exited, for output a background child of it still holds
+open (a probe like ``sh -c 'echo ok; sleep 100 &'``); then it answers with what was read."""
+
+EXEC_KILL_WAIT = 5.0
+"""Seconds the runtime gets to exit after ``exec_sync`` killed its process at the time limit."""
+
+KILLED_EXIT_CODE = 137
 
 CTL_RESIZE = 1
 """conmon's control fifo message type for a terminal resize (``"1 <height> <width>\\n"``)."""
@@ -109,6 +120,11 @@ class ContainerFiles:
     @property
     def conmon_log(self) -> Path:
         return self.dir / "conmon.log"
+
+    @property
+    def started(self) -> Path:
+        """Made by ``start``: the container has been started (so an exec need not ask the runtime)."""
+        return self.dir / "started"
 
     @property
     def oom(self) -> Path:
@@ -258,14 +274,6 @@ def _tail(path: Path, size: int = 4000) -> str:
         return f.read().decode(errors="replace")
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
-    """Read ``stream`` to EOF, keeping the first ``limit`` bytes (the writer must never block on a full pipe)."""
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        kept += chunk[: max(limit - len(kept), 0)]
-    return bytes(kept)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The driver
 
@@ -306,14 +314,19 @@ class ConmonRuntime:
 
     # -- running the runtime CLI
 
+    async def _call_with(self, args: list[str], **options: Any) -> Completed:
+        """Run ``runtime <global args> <args>`` through ``crirt.proc.run`` with ``options``; RuntimeFailure if
+        it outlives ``command_timeout``."""
+        try:
+            return await run_process([str(self.runtime), *self.global_args, *args], time_limit=self.command_timeout,
+                                     grace=self.command_timeout, **options)
+        except ProcessTimeout:
+            raise RuntimeFailure(f"{self.name} {args[0]} did not finish within {self.command_timeout:g}s") from None
+
     async def _call(self, *args: str) -> tuple[int, str, str]:
         """Run ``runtime <global args> <args>``; return (exit code, stdout, stderr). Killed past
         ``command_timeout``; a cancelled caller lets it finish first, so no runtime step is cut in half."""
-        try:
-            done = await run_process([str(self.runtime), *self.global_args, *args],
-                                     time_limit=self.command_timeout, grace=self.command_timeout)
-        except ProcessTimeout:
-            raise RuntimeFailure(f"{self.name} {args[0]} did not finish within {self.command_timeout:g}s") from None
+        done = await self._call_with(list(args))
         return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
     async def _run(self, container_id: str, *args: str) -> str:
@@ -466,7 +479,9 @@ class ConmonRuntime:
     async def start(self, container_id: str) -> TaskState:
         """Start a created container's init process."""
         await self._run(container_id, "start", container_id)
-        return TaskState(id=container_id, status="running", pid=read_pid_file(self.files(container_id).pid) or 0)
+        files = self.files(container_id)
+        files.started.touch()
+        return TaskState(id=container_id, status="running", pid=read_pid_file(files.pid) or 0)
 
     async def kill(self, container_id: str, sig: int, all_processes: bool = False) -> None:
         """Signal the init process (or every process, with ``all_processes``). A stopped container has
@@ -586,21 +601,11 @@ class ConmonRuntime:
         pid_file = exec_dir / "pid"
         out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                str(self.runtime), *self.global_args, "exec", "--detach", "--process", str(exec_dir / "process.json"),
-                "--pid-file", str(pid_file), container_id,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+            code = (await self._call_with(
+                ["exec", "--detach", "--process", str(exec_dir / "process.json"), "--pid-file", str(pid_file),
+                 container_id], output=out)).returncode
         finally:
             os.close(out)
-        try:
-            code = await asyncio.wait_for(proc.wait(), self.command_timeout)
-        except TimeoutError:
-            raise RuntimeFailure(f"{self.name} exec {container_id} did not finish within "
-                                 f"{self.command_timeout:g}s") from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             (exec_dir / "process.json").unlink()
         pid = read_pid_file(pid_file)
         if code != 0 or pid is None:
@@ -617,41 +622,31 @@ class ConmonRuntime:
         if process.stdio.terminal or process.process.get("terminal"):
             raise InvalidArgument("exec_sync cannot allocate a terminal")
         files = self._own(container_id)
-        state = await self._lookup(container_id)
-        if state is None:
-            raise NotFound(f"container {container_id!r} not found by {self.name}")
-        if state.status != "running":
-            raise FailedPrecondition(f"container {container_id!r} is {state.status}, not running")
+        if self.exit_status(container_id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} has stopped, not running")
+        if not files.started.exists():  # created and not started (or started by a crirt that kept no mark)
+            state = await self._lookup(container_id)
+            if state is None or state.status != "running":
+                raise FailedPrecondition(f"container {container_id!r} is {state.status if state else 'gone'}, "
+                                         "not running")
         exec_dir = self._write_exec_spec(files, process.exec_id, process.process)
         pid_file = exec_dir / "pid"
-        readers: list[asyncio.Future[bytes]] = []
+        argv = [str(self.runtime), *self.global_args, "exec", *self._exec_flags(exec_dir), "--process",
+                str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                str(self.runtime), *self.global_args, "exec", *self._exec_flags(exec_dir), "--process",
-                str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            assert proc.stdout is not None and proc.stderr is not None
-            readers = [asyncio.ensure_future(_read_capped(s, EXEC_OUTPUT_LIMIT)) for s in (proc.stdout, proc.stderr)]
-            timed_out = False
             try:
-                await asyncio.wait_for(proc.wait(), time_limit)
-            except TimeoutError:
-                timed_out = True
-            finally:
-                if proc.returncode is None:  # timed out or cancelled: end the process, then the runtime
-                    await self._end_exec(proc, container_id, exec_dir)
-            # A background child of the process may hold the pipes open: give the readers only a moment.
-            await asyncio.wait(readers, timeout=1.0)
-            stdout, stderr = (r.result() if r.done() else b"" for r in readers)
+                done = await run_process(argv, time_limit=time_limit, grace=EXEC_KILL_WAIT,
+                                         output_limit=EXEC_OUTPUT_LIMIT, drain=EXEC_DRAIN,
+                                         stop=lambda: self._kill_exec(container_id, exec_dir))
+            except ProcessTimeout:
+                return ExecResult(exit_code=KILLED_EXIT_CODE, timed_out=True)
             started = pid_file.exists()
         finally:
-            for reader in readers:
-                reader.cancel()
-            shutil.rmtree(exec_dir, ignore_errors=True)
-        if not started and not timed_out:
-            text = runtime_error_text(stderr.decode(errors="replace"))
-            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {proc.returncode}'}")
-        return ExecResult(exit_code=proc.returncode or 0, stdout=stdout, stderr=stderr, timed_out=timed_out)
+            await asyncio.to_thread(shutil.rmtree, exec_dir, True)
+        if not started:
+            text = runtime_error_text(done.stderr.decode(errors="replace"))
+            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {done.returncode}'}")
+        return ExecResult(exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr)
 
     async def exec_interactive(self, container_id: str, process: ExecProcess) -> ForegroundExec:
         """Start a process in the container for a streaming session: ``runtime exec`` in the foreground with
@@ -675,15 +670,6 @@ class ConmonRuntime:
         """SIGKILL an exec'd process: runc's pid file holds its host pid."""
         if (pid := read_pid_file(exec_dir / "pid")) is not None:
             _kill_quietly(pid)
-
-    async def _end_exec(self, proc: asyncio.subprocess.Process, container_id: str, exec_dir: Path) -> None:
-        """SIGKILL an exec'd process (the runtime then exits by itself); kill the runtime if it does not."""
-        await self._kill_exec(container_id, exec_dir)
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), 5.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
     async def pids(self, container_id: str) -> list[int]:
         """Host pids of every process in the container."""

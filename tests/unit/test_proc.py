@@ -74,3 +74,41 @@ def test_cancellation_kills_after_the_grace() -> None:
 def test_works_on_uvloop() -> None:
     uvloop = pytest.importorskip("uvloop")
     assert uvloop.run(proc.run(["echo", "hi"])).stdout == b"hi\n"
+
+
+def test_drain_answers_once_the_process_exits_with_what_was_read_while_a_child_holds_the_pipes() -> None:
+    done = asyncio.run(proc.run(["sh", "-c", "echo ok; sleep 30 & echo $! >&2"], drain=0.2))
+    child = int(done.stderr)
+    try:
+        assert (done.returncode, done.stdout) == (0, b"ok\n")
+        assert os.path.exists(f"/proc/{child}")  # the background child still holds stdout: no EOF was awaited
+    finally:
+        os.kill(child, 9)
+
+
+def test_output_limit_caps_stdout_and_stderr_together_while_reading() -> None:
+    script = "head -c 300000 /dev/zero; head -c 300000 /dev/zero >&2; echo done >&2"
+    done = asyncio.run(proc.run(["sh", "-c", script], output_limit=400_000))
+    assert (len(done.stdout), len(done.stderr), done.returncode) == (300_000, 100_000, 0)
+
+
+def test_time_limit_calls_stop_and_a_cancelled_caller_stops_too(tmp_path) -> None:
+    stopped: list[str] = []
+
+    async def scenario() -> None:
+        pid_file = tmp_path / "pid"
+
+        async def stop() -> None:
+            stopped.append("stop")
+            os.kill(int(pid_file.read_text()), 9)
+
+        with pytest.raises(proc.ProcessTimeout):
+            await proc.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], time_limit=0.5, stop=stop)
+        task = asyncio.ensure_future(proc.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], stop=stop))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert stopped == ["stop", "stop"]

@@ -205,6 +205,7 @@ class GvisorRuntime(ConmonRuntime):
         if not await self._tell_holder(files, "start"):
             raise RuntimeFailure(f"container {container_id!r} started, but its monitor is gone: its exit will "
                                  "not be recorded")
+        files.started.touch()
         return TaskState(id=container_id, status="running", pid=holder)
 
     @staticmethod
