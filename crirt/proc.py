@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,17 +52,25 @@ async def read_pipe(fd: int, *, line: bool = False) -> bytes:
     caller's to close: handing it to the loop's pipe transports would close it twice on uvloop (the file
     object, then libuv), and a thread that reused the number in between would lose its descriptor."""
     chunks: list[bytes] = []
+
+    def keep(chunk: bytes) -> bool:
+        chunks.append(chunk)
+        return line and b"\n" in chunk
+
+    await _read_chunks(fd, keep)
+    return b"".join(chunks)
+
+
+async def _read_chunks(fd: int, take: Callable[[bytes], bool]) -> None:
+    """Hand each chunk read from a non-blocking pipe end to ``take`` until EOF or until ``take`` returns True."""
     while True:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             await readable(fd)
             continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        if line and b"\n" in chunk:
-            return b"".join(chunks)
+        if not chunk or take(chunk):
+            return
 
 
 def nonblocking_pipe() -> tuple[int, int]:
@@ -98,23 +107,12 @@ class _Output:
         self.limit = limit
         self.streams = (bytearray(), bytearray())
 
-    def add(self, stream: int, chunk: bytes) -> None:
+    def add(self, stream: int, chunk: bytes) -> bool:
+        """Keep what fits of ``chunk``; never asks the reader to stop (the pipe is read to its end)."""
         if self.limit is not None:
             chunk = chunk[:max(self.limit - len(self.streams[0]) - len(self.streams[1]), 0)]
         self.streams[stream].extend(chunk)
-
-
-async def _collect(fd: int, output: _Output, stream: int) -> None:
-    """Read a non-blocking pipe end into ``output`` until EOF (what was read stays there if cancelled)."""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            await readable(fd)
-            continue
-        if not chunk:
-            return
-        output.add(stream, chunk)
+        return False
 
 
 async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: int | None = None,
@@ -147,7 +145,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
     printed = _Output(output_limit)
 
     async def finish() -> Completed:
-        readers = [asyncio.ensure_future(_collect(read_end, printed, stream))
+        readers = [asyncio.ensure_future(_read_chunks(read_end, functools.partial(printed.add, stream)))
                    for stream, (read_end, _) in enumerate(pipes)]
         try:
             code = await wait_exit(proc)

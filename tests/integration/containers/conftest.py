@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ class ContainerEnv:
     image: str
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[ContainerEnv]:
-    """One registry, daemon and network per module; the module checks that nothing is left running. A test may
-    replace ``daemon`` with a restarted one on the same socket: the stubs reconnect, and the last one is stopped."""
-    base = tmp_path_factory.mktemp("containers")
+@contextlib.contextmanager
+def container_env(base: Path, pb: ModuleType, extra_config: str,
+                  argv: list[str] | None = None) -> Iterator[ContainerEnv]:
+    """A registry serving busybox, a bridge network and a daemon (``argv``: another server command) with
+    ``extra_config``; everything is removed afterwards. A test may replace ``daemon`` with a restarted one on the
+    same socket: the stubs reconnect, and the last one is stopped."""
     registry = start_registry(base / "registry")
     net = BridgeNetwork(base / "d" / "cni")
     daemon = None
@@ -43,8 +45,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[Co
         image = f"{registry.host}/library/busybox:1"
         push(layout, "busybox", image)
         net.write()
-        # every stats call measures the writable layers anew, so the tests see what a container just wrote
-        daemon = start_daemon(base / "d", "[stats]\nfs_usage_interval = 0\n", cni_config="default_network = false\n",
+        daemon = start_daemon(base / "d", extra_config, argv=argv, cni_config="default_network = false\n",
                               registries="")
         with daemon.channel() as channel:
             current = ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
@@ -58,3 +59,11 @@ def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[Co
         net.cleanup(base / "d" / "state")
         unmount_under(base)
         registry.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[ContainerEnv]:
+    """One registry, daemon and network per module; the module checks that nothing is left running. Every stats
+    call measures the writable layers anew, so the tests see what a container just wrote."""
+    with container_env(tmp_path_factory.mktemp("containers"), pb, "[stats]\nfs_usage_interval = 0\n") as made:
+        yield made

@@ -19,14 +19,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from support.daemon import start_daemon
-from support.images import Layout, busybox_layer, push, unmount_under
-from support.network import BridgeNetwork, runc_shim_installed, wait_until
-from support.registry import start_registry
+from support.network import runc_shim_installed, wait_until
 
 import crirt
 
-from .conftest import ContainerEnv
+from .conftest import ContainerEnv, container_env
 
 pytestmark = pytest.mark.skipif(not runc_shim_installed(), reason="the runc shim plugin is not installed")
 
@@ -47,29 +44,10 @@ IDLE = "trap 'exit 0' TERM; /bin/busybox sleep 1000 & wait"
 @pytest.fixture(scope="module")
 def rest(tmp_path_factory: pytest.TempPathFactory, pb: ModuleType) -> Iterator[ContainerEnv]:
     base = tmp_path_factory.mktemp("at-rest")
-    registry = start_registry(base / "registry")
-    net = BridgeNetwork(base / "d" / "cni")
-    daemon = None
-    try:
-        layout = Layout(base / "layout")
-        layout.tag(layout.image([(busybox_layer().bytes(), "gzip")]), "busybox")
-        image = f"{registry.host}/library/busybox:1"
-        push(layout, "busybox", image)
-        net.write()
-        (base / "markers").mkdir()
-        daemon = start_daemon(base / "d", EXTRA_CONFIG, argv=[sys.executable, str(INSTRUMENTED), str(base / "markers")],
-                              cni_config="default_network = false\n", registries="")
-        with daemon.channel() as channel:
-            env = ContainerEnv(daemon, net, base / "d", pb.grpc.RuntimeServiceStub(channel),
-                               pb.grpc.ImageServiceStub(channel), pb, image)
-            env.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
-            yield env
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        net.cleanup(base / "d" / "state")
-        unmount_under(base)
-        registry.stop()
+    (base / "markers").mkdir()
+    with container_env(base, pb, EXTRA_CONFIG, [sys.executable, str(INSTRUMENTED), str(base / "markers")]) as env:
+        env.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=env.image)), timeout=60)
+        yield env
 
 
 class Node:
