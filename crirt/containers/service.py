@@ -126,6 +126,7 @@ class ContainerService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._verbose_info: dict[str, tuple[ContainerRecord, str]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._host: HostFacts | None = None
 
     def register(self, bus: Bus) -> None:
@@ -208,10 +209,12 @@ class ContainerService:
         return sandbox.runtime_handler if sandbox is not None else ""
 
     async def close(self) -> None:
-        """Stop the exit watchers (the containers keep running)."""
-        for task in self._watchers.values():
+        """Stop the exit watchers and task deletions (the containers keep running; RemoveContainer deletes a task
+        left behind)."""
+        tasks = [*self._watchers.values(), *self._releases]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
 
     # ---- lookups and writes -----------------------------------------------------------------------------
@@ -420,6 +423,7 @@ class ContainerService:
             log.warning("watching container %s: %s", container_id, exc)
             return
         await self._exited(container_id, status)
+        self._release_soon(container_id, handler)
 
     async def _exited(self, container_id: str, status: ExitStatus, lost: str = "") -> None:
         """Record the exit of a running container and publish it; nothing when already recorded. ``lost``
@@ -462,6 +466,29 @@ class ContainerService:
             except TimeoutError:
                 raise CrirtError(f"container {container_id} did not die within {KILL_WAIT:.0f}s of SIGKILL") from None
         await self._exited(container_id, status)
+        await self._release_task(container_id, shim)
+
+    async def _release_task(self, container_id: str, shim: Shim) -> None:
+        """Delete an exited container's task (the runtime's state and cgroup, the monitor's files), as containerd
+        does when a task exits: RemoveContainer then only removes files. A failure is left for RemoveContainer,
+        which deletes the task again."""
+        try:
+            await shim.delete(container_id)
+        except CrirtError as exc:
+            log.warning("deleting the task of exited container %s (RemoveContainer retries): %s", container_id, exc)
+
+    def _release_soon(self, container_id: str, handler: str) -> None:
+        """``_release_task`` in the background, under the container's lock, if it is still EXITED then."""
+
+        async def release() -> None:
+            async with self._lock(container_id):
+                record = self.records.get(container_id)
+                if record is not None and record.state == ContainerState.CONTAINER_EXITED:
+                    await self._release_task(container_id, self.registry.resolve(handler))
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def remove(self, command: RemoveContainerCommand) -> RemoveContainerResult:
         """Remove a container, killing it first if it runs. Removing an unknown container is fine."""
