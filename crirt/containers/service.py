@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -575,21 +574,12 @@ class ContainerService:
         return ExecSyncResult(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
 
     async def reopen_log(self, command: ReopenContainerLogCommand) -> ReopenContainerLogResult:
-        """Ask the container's conmon to reopen its log file (control fifo message ``2 0 0``)."""
+        """Have the container's runtime write its log to a new file at the log path (after the kubelet's
+        rotation): ``Shim.reopen_log``."""
         record = self.get(command.container_id)
         if record.state != RUNNING:
             raise FailedPrecondition(f"container {record.id} is not running")
-        ctl = Path(record.bundle, "ctl")
-        try:
-            fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            why = "nobody reads it" if exc.errno == errno.ENXIO else exc.strerror
-            raise FailedPrecondition(f"cannot reopen the log of container {record.id}: its runtime handler "
-                                     f"{record.runtime_handler!r} has no usable control fifo {ctl} ({why})") from None
-        try:
-            os.write(fd, b"2 0 0\n")
-        finally:
-            os.close(fd)
+        await self.registry.resolve(record.runtime_handler).reopen_log(record.id)
         return ReopenContainerLogResult()
 
     async def update_resources(self, command: UpdateContainerResourcesCommand) -> UpdateContainerResourcesResult:

@@ -75,6 +75,9 @@ KILLED_EXIT_CODE = 137
 CTL_RESIZE = 1
 """conmon's control fifo message type for a terminal resize (``"1 <height> <width>\\n"``)."""
 
+CTL_REOPEN_LOG = b"2 0 0\n"
+"""conmon's control fifo message asking it to reopen the log file."""
+
 MAX_TERMINAL_SIZE = 1000
 """conmon ignores resize messages with more rows or columns than this."""
 
@@ -732,6 +735,14 @@ class ConmonRuntime:
                                   "detached execs have no terminal")
         if not (0 <= width <= MAX_TERMINAL_SIZE and 0 <= height <= MAX_TERMINAL_SIZE):
             raise InvalidArgument(f"terminal size {width}x{height} is outside 0..{MAX_TERMINAL_SIZE}")
+        self._tell_conmon(container_id, resize_message(width, height))
+
+    async def reopen_log(self, container_id: str) -> None:
+        """Ask conmon to reopen the container's log file (control fifo message ``2 0 0``)."""
+        self._tell_conmon(container_id, CTL_REOPEN_LOG)
+
+    def _tell_conmon(self, container_id: str, message: bytes) -> None:
+        """Write ``message`` to conmon's control fifo (``<bundle>/ctl``); FailedPrecondition without a conmon."""
         files = self._own(container_id)
         try:
             fifo = Path(os.readlink(files.socket_link)) / "ctl"
@@ -744,6 +755,6 @@ class ConmonRuntime:
                 raise FailedPrecondition(f"container {container_id!r} has no running conmon") from None
             raise
         try:
-            os.write(fd, resize_message(width, height))
+            os.write(fd, message)
         finally:
             os.close(fd)

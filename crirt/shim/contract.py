@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crirt.errors import CrirtError, Unimplemented
 
-API_VERSION = "1.1"
-"""1.1: ``Shim.stats_many`` (optional; batched stats)."""
+API_VERSION = "1.2"
+"""1.1: ``Shim.stats_many`` (optional; batched stats). 1.2: ``Shim.reopen_log`` (optional)."""
 ENTRY_POINT_GROUP = "crirt.shims"
 
 
@@ -198,6 +198,11 @@ class Shim(abc.ABC):
         code and the runtime's message on its stderr (or terminal). Optional: a plugin without it answers
         UNIMPLEMENTED."""
         raise Unimplemented(f"shim plugin {type(self).__name__} does not support interactive exec")
+
+    async def reopen_log(self, task_id: str) -> None:
+        """Start writing the task's CRI log to a new file at its log path (the kubelet has renamed the old one:
+        ReopenContainerLog). Optional: a plugin without it answers UNIMPLEMENTED."""
+        raise Unimplemented(f"shim plugin {type(self).__name__} cannot reopen container logs")
 
     @abc.abstractmethod
     async def attach(self, task_id: str) -> Path:

@@ -23,8 +23,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-CTL_REOPEN = b"2"
-"""First field of a control fifo line asking to reopen the log (conmon's ``"2 0 0\\n"``)."""
 
 
 def timestamp(ns: int) -> str:
@@ -116,21 +114,17 @@ class Capture:
 class CriLog:
     """A task's output: copies its stdout and stderr FIFOs (either may be absent) into the CRI log at
     ``log_path`` (if any) and to every listener (``listeners``: called with the stream name and the chunk,
-    e.g. an attach socket), and reopens the log when a reopen request arrives on the control FIFO ``ctl``
-    (ReopenContainerLog)."""
+    e.g. an attach socket); ``reopen`` starts a new log file (ReopenContainerLog)."""
 
-    def __init__(self, log_path: Path | None, stdout: Path | None, stderr: Path | None,
-                 ctl: Path | None = None) -> None:
+    def __init__(self, log_path: Path | None, stdout: Path | None, stderr: Path | None) -> None:
         self.log_path = log_path
         self.listeners: list[Callable[[str, bytes], None]] = []
         self._file = self._open()
         self._readers: list[FifoReader] = []
-        self._ctl: FifoReader | None = None
         try:
             for stream, path in (("stdout", stdout), ("stderr", stderr)):
                 if path is not None:
                     self._readers.append(FifoReader(path, self._writer(stream)))
-            self._ctl = FifoReader(ctl, self._control) if ctl is not None else None
         except BaseException:
             self.close(drain=False)
             raise
@@ -150,11 +144,6 @@ class CriLog:
             for listener in list(self.listeners):
                 listener(stream, chunk)
         return write
-
-    def _control(self, data: bytes) -> None:
-        for line in data.splitlines():
-            if line.split(b" ", 1)[0] == CTL_REOPEN:
-                self.reopen()
 
     def reopen(self) -> None:
         """Start a new log file at ``log_path`` (after the kubelet rotated the old one away)."""
@@ -177,9 +166,6 @@ class CriLog:
         for reader in self._readers:
             reader.close(drain)
         self._readers.clear()
-        if self._ctl is not None:
-            self._ctl.close(drain=False)
-            self._ctl = None
         if self._file >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._file)

@@ -210,11 +210,8 @@ class ShimV2Runtime:
         if files.id in self._logs or not stdout.exists():
             return
         log_path = files.read("log_path")
-        bundle = files.read("bundle")
-        ctl = Path(bundle, "ctl") if bundle and log_path else None
         self._logs[files.id] = CriLog(Path(log_path) if log_path else None, stdout,
-                                      stderr if stderr.exists() else None,
-                                      ctl if ctl is not None and ctl.exists() else None)
+                                      stderr if stderr.exists() else None)
 
     def _hold_stdin(self, files: TaskFiles) -> None:
         """Open the task's stdin FIFO (if it has one, still open) for the attach socket to write to. Held
@@ -270,9 +267,6 @@ class ShimV2Runtime:
             os.mkfifo(files.fifo(name), 0o600)
         if stdio.log_path is not None:
             (files.dir / "log_path").write_text(str(stdio.log_path))
-            ctl = task.bundle / "ctl"
-            if not ctl.exists():
-                os.mkfifo(ctl, 0o600)
         if stdio.stdin and stdio.stdin_once:
             (files.dir / "stdin_once").touch()
         self._attach_output(files)
@@ -293,9 +287,6 @@ class ShimV2Runtime:
 
     def _remove_files(self, files: TaskFiles) -> None:
         self._detach_log(files.id)
-        bundle = files.read("bundle")
-        if bundle and files.read("log_path"):
-            Path(bundle, "ctl").unlink(missing_ok=True)
         shutil.rmtree(files.dir, ignore_errors=True)
 
     async def start(self, task_id: str) -> TaskState:
@@ -472,6 +463,14 @@ class ShimV2Runtime:
             return read_stats(state.pid).as_dict()
         except ProcessLookupError:
             raise FailedPrecondition(f"task {task_id!r} exited while reading its stats") from None
+
+    async def reopen_log(self, task_id: str) -> None:
+        """Start a new CRI log file: crirt writes the task's log itself (from its FIFOs)."""
+        files = self._own(task_id)
+        copier = self._logs.get(files.id)
+        if copier is None:
+            raise FailedPrecondition(f"task {task_id!r} has no log being written")
+        copier.reopen()
 
     async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``stats`` of each task (a call to its shim each), a few at a time."""

@@ -65,7 +65,7 @@ def test_unknown_handler_lists_the_known_ones() -> None:
 
 
 @pytest.mark.parametrize(("plugin", "problem"), [
-    ("future", "built for shim API 2.0, but crirt .* speaks shim API 1\\.1"),
+    ("future", "built for shim API 2.0, but crirt .* speaks shim API 1\\.2"),
     ("odd", "is not a crirt.shim.Shim subclass"),
     ("absent", "is not installed"),
 ])

@@ -109,10 +109,10 @@ def test_exits_and_stdio_files() -> None:
 async def test_the_copier_writes_cri_lines_and_reopens_on_request(tmp_path: Path) -> None:
     import asyncio
 
-    for name in ("out", "err", "ctl"):
+    for name in ("out", "err"):
         os.mkfifo(tmp_path / name)
     log = tmp_path / "0.log"
-    copier = CriLog(log, tmp_path / "out", tmp_path / "err", tmp_path / "ctl")
+    copier = CriLog(log, tmp_path / "out", tmp_path / "err")
     out = os.open(tmp_path / "out", os.O_WRONLY)
     err = os.open(tmp_path / "err", os.O_WRONLY)
     try:
@@ -124,10 +124,7 @@ async def test_the_copier_writes_cri_lines_and_reopens_on_request(tmp_path: Path
         os.close(out)  # the writer going away is not the end: the copier keeps its FIFO open
         out = os.open(tmp_path / "out", os.O_WRONLY)
         log.rename(tmp_path / "0.log.1")
-        ctl = os.open(tmp_path / "ctl", os.O_WRONLY | os.O_NONBLOCK)
-        os.write(ctl, b"2 0 0\n")
-        os.close(ctl)
-        await asyncio.sleep(0.05)
+        copier.reopen()
         os.write(out, b"after rotation")
     finally:
         os.close(out)

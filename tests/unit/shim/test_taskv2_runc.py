@@ -146,6 +146,26 @@ async def test_a_task_from_create_to_delete(driver: ShimV2Runtime, bundle: Calla
     assert not list((driver.state_dir / "tasks").iterdir()) and not list((driver.state_dir / "pods").iterdir())
 
 
+async def test_reopen_log_starts_a_new_file_after_a_rotation(driver: ShimV2Runtime, bundle: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    log = tmp_path / "rot.log"
+    await driver.create(task("rot", "pod1", bundle("rot", "echo before; read line; echo after; sleep 1000"), log,
+                             stdin=True))
+    await driver.start("rot")
+    await eventually(lambda: log_text(log) == ["stdout F before"])
+    log.rename(tmp_path / "rot.log.1")  # the kubelet's rotation
+    await driver.reopen_log("rot")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client.connect(str(await driver.attach("rot")))
+    client.send(b"go\n")  # the process goes on only now: "after" is written after the reopen
+    await eventually(lambda: log.exists() and log_text(log) == ["stdout F after"])
+    client.close()
+    assert log_text(tmp_path / "rot.log.1") == ["stdout F before"]
+    await driver.kill("rot", signal.SIGKILL)
+    await driver.wait("rot")
+    await driver.delete("rot")
+
+
 async def test_one_shim_per_pod_and_processes_in_a_task(driver: ShimV2Runtime, bundle: Callable[..., Path],
                                                         tmp_path: Path) -> None:
     serve = "trap 'exit 0' TERM; sleep 1000 & wait"
