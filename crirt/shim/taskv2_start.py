@@ -15,16 +15,15 @@ locates the bundle as ``dirname(cwd)/ID``, so it is run in a directory of that s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crirt._gen.containerd.task.v2 import DeleteResponse
 from crirt.errors import CrirtError, FailedPrecondition
+from crirt.proc import ProcessTimeout, input_fd, run
 
 BOOTSTRAP_VERSIONS = (2,)
 """JSON bootstrap versions this client understands."""
@@ -90,19 +89,21 @@ class ShimCommand:
                 "NAMESPACE": self.namespace, "MAX_SHIM_VERSION": str(max(BOOTSTRAP_VERSIONS)), "PWD": str(cwd)}
 
     async def _run(self, argv: Sequence[str], cwd: Path, stdin: bytes) -> tuple[int, bytes, bytes]:
-        """Run the shim binary to completion. It runs through ``subprocess`` in a thread, never the event
-        loop's child watcher: ``close_fds`` guarantees that the daemon it forks inherits none of crirt's
-        descriptors (uvloop's children keep some, and a daemon holding the stdout pipe would hang the call)."""
+        """Run the shim binary to completion, in a session of its own, through ``crirt.proc`` (whose ``close_fds``
+        guarantees that the daemon it forks inherits none of crirt's descriptors: a daemon holding the stdout
+        pipe would hang the call)."""
+        fd = input_fd(stdin)
         try:
-            done = await asyncio.to_thread(
-                subprocess.run, list(argv), input=stdin, capture_output=True, cwd=cwd, env=self.environ(cwd),
-                timeout=self.timeout, close_fds=True, start_new_session=True, check=False)
+            done = await run(argv, stdin=fd, cwd=str(cwd), env=self.environ(cwd), time_limit=self.timeout,
+                             new_session=True)
         except FileNotFoundError:
             raise FailedPrecondition(f"shim binary {self.binary} is not installed") from None
         except PermissionError:
             raise FailedPrecondition(f"shim binary {self.binary} is not executable") from None
-        except subprocess.TimeoutExpired:
+        except ProcessTimeout:
             raise ShimFailure(f"{self.binary.name} {argv[-1]} did not finish within {self.timeout:g}s") from None
+        finally:
+            os.close(fd)
         return done.returncode, done.stdout, done.stderr
 
     async def start(self, task_id: str, cwd: Path, options: bytes = b"") -> str:

@@ -7,12 +7,12 @@ on every runsc call, as runsc requires) and reports the handler's features.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from crirt.proc import run
 from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
@@ -102,13 +102,11 @@ class GvisorShim(DelegatingShim):
     async def features(self) -> HandlerFeatures:
         """Checks that this runsc has the chosen platform, then reports what the handler supports: runsc
         20221219 has no ``features`` command, no recursive read-only mounts and no user namespaces for pods."""
-        proc = await asyncio.create_subprocess_exec(str(self.runtime.runtime), "help", "platforms",
-                                                    stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), self.runtime.command_timeout)
-        listed = platforms_listed(out.decode(errors="replace"))
-        if proc.returncode != 0 or self.platform not in listed:
+        done = await run([str(self.runtime.runtime), "help", "platforms"], time_limit=self.runtime.command_timeout)
+        listed = platforms_listed(done.stdout.decode(errors="replace"))
+        if done.returncode != 0 or self.platform not in listed:
+            said = ", ".join(listed) or done.stderr.decode(errors="replace").strip() or "none"
             raise ValueError(f"option 'platform': {self.runtime.runtime} does not offer {self.platform!r} "
-                             f"(it lists {', '.join(listed) or err.decode(errors='replace').strip() or 'none'})")
+                             f"(it lists {said})")
         return HandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
 
