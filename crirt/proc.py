@@ -118,7 +118,7 @@ class _Output:
 async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: int | None = None,
               cwd: str | None = None, time_limit: float | None = None, grace: float = 60.0,
               output_limit: int | None = None, drain: float | None = None,
-              stop: Callable[[], Awaitable[None]] | None = None, output: int | None = None,
+              stop: Callable[[], Awaitable[None]] | None = None, output: int | tuple[int, int] | None = None,
               new_session: bool = False) -> Completed:
     """Run ``argv`` to completion (``stdin``: a file descriptor, default /dev/null); never raises for a
     non-zero exit; OSError if it cannot be started.
@@ -126,16 +126,18 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
     ``output_limit`` caps stdout and stderr together while reading. ``drain``: once the process has exited, wait
     at most this many seconds for its output to end (a background child may keep the pipes open) and return
     what was read by then; None waits for the end. ``output``: a file descriptor that gets stdout and stderr
-    instead (nothing is captured; for a process that leaves a child behind holding them). After ``time_limit``
+    instead, or a (stdout, stderr) pair (nothing is captured; for a process that leaves a child behind holding
+    them, or whose stdio belongs to someone else). After ``time_limit``
     seconds ``stop()`` is awaited (default: SIGKILL the process), the process gets ``grace`` seconds to exit, and
     ``ProcessTimeout`` is raised; a cancelled caller with a ``stop`` stops the process the same way.
     ``new_session``: start the process in a session of its own (for a program that leaves a daemon behind)."""
     pipes = [] if output is not None else [nonblocking_pipe(), nonblocking_pipe()]
+    given = (output, output) if isinstance(output, int) else output
     try:
         # Popen returns as soon as the vfork()ed child has exec'd (about a millisecond): fine on the loop.
         proc = subprocess.Popen(  # noqa: ASYNC220
             list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin,
-            stdout=pipes[0][1] if pipes else output, stderr=pipes[1][1] if pipes else output,
+            stdout=pipes[0][1] if given is None else given[0], stderr=pipes[1][1] if given is None else given[1],
             env=None if env is None else dict(env), cwd=cwd, close_fds=True, start_new_session=new_session)
     except BaseException:
         for read_end, _ in pipes:

@@ -1,5 +1,10 @@
-"""crirt's public plugin surface: the shim contract. Plugins import from here and nothing else of crirt."""
+"""crirt's public plugin surface: the shim contract and helpers for plugins.
 
+Plugins import from here, from the drivers' modules ``crirt.shim.conmon`` and ``crirt.shim.taskv2`` (their
+public names only) and from ``crirt.errors``; nothing else of crirt (``tests/unit/test_plugin_imports.py``)."""
+
+from crirt.proc import Completed, ProcessTimeout
+from crirt.proc import run as run_program
 from crirt.shim.contract import (
     API_VERSION,
     ENTRY_POINT_GROUP,
@@ -21,6 +26,7 @@ from crirt.shim.options import check_known, executable
 __all__ = [
     "API_VERSION",
     "ENTRY_POINT_GROUP",
+    "Completed",
     "CreateTask",
     "DelegatingShim",
     "ExecProcess",
@@ -28,6 +34,7 @@ __all__ = [
     "ExitStatus",
     "HandlerFeatures",
     "ProcessIO",
+    "ProcessTimeout",
     "Shim",
     "ShimContext",
     "ShimDriver",
@@ -35,5 +42,6 @@ __all__ = [
     "TaskState",
     "check_known",
     "executable",
+    "run_program",
     "stats_of_each",
 ]

@@ -20,8 +20,7 @@ Files under the driver's ``state_dir``::
         started                 made once the container was started
         conmon.log              what conmon printed before it detached (its errors end up here)
         oom                     created by conmon when the kernel OOM-killed the container
-        exec/<exec-id>/         process.json and pid file of an exec; the output of a detached exec
-                                without a log path; runtime.log of an interactive exec
+        exec/<exec-id>/         process.json and pid file of an exec; runtime.log of an interactive exec
 """
 
 from __future__ import annotations
@@ -46,8 +45,9 @@ from typing import Any
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
 from crirt.proc import Completed, ProcessTimeout, nonblocking_pipe, read_pipe, readable, wait_exit
 from crirt.proc import run as run_process
+from crirt.shim.attach import SocketAttach
 from crirt.shim.cgroups import read_stats
-from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState
+from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, ProcessIO, Stdio, TaskState
 from crirt.shim.exitwatch import ExitWatcher
 from crirt.shim.interactive import ForegroundExec, read_pid_file
 
@@ -233,11 +233,6 @@ def parse_exit_code(text: str) -> int:
     return int(text.strip())
 
 
-def parse_pids(text: str) -> list[int]:
-    """The output of ``runtime ps --format json ID``: a JSON list of host pids (``null`` when empty)."""
-    return [int(pid) for pid in json.loads(text) or []]
-
-
 def is_conmon_of(cmdline: bytes, container_id: str) -> bool:
     """Whether a ``/proc/PID/cmdline`` is a conmon monitoring ``container_id`` (guards against pid reuse)."""
     args = cmdline.split(b"\0")
@@ -270,13 +265,6 @@ def _kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
 
 
-def _tail(path: Path, size: int = 4000) -> str:
-    """The last ``size`` bytes of a file as text (where a runtime's error message ends up)."""
-    with open(path, "rb") as f:
-        f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
-        return f.read().decode(errors="replace")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The driver
 
@@ -284,7 +272,12 @@ def _tail(path: Path, size: int = 4000) -> str:
 class ConmonRuntime:
     """Runs containers with an OCI runtime CLI under conmon. One instance per runtime configuration; it holds
     no per-container state in memory, so any instance (e.g. in a restarted crirt) can drive any container
-    created with the same ``state_dir`` and runtime root."""
+    created with the same ``state_dir`` and runtime root.
+
+    Besides the contract's task methods, its public names are the driver API that plugins may build on
+    (versioned with ``API_VERSION``, see docs/plugins.md): ``files``/``owned``, ``known_to_runtime``,
+    ``run_runtime``/``runtime_call``/``container_call``, ``exit_status``, and the hooks ``conmon_command``, ``discard``,
+    ``exec_flags`` and ``kill_exec``. Names with a leading underscore may change in any release."""
 
     def __init__(self, *, runtime: Path, root: Path, state_dir: Path, conmon: Path,
                  global_args: Sequence[str] = (), systemd_cgroup: bool = False,
@@ -308,7 +301,7 @@ class ConmonRuntime:
     def files(self, container_id: str) -> ContainerFiles:
         return ContainerFiles(self.state_dir, check_id(container_id))
 
-    def _own(self, container_id: str) -> ContainerFiles:
+    def owned(self, container_id: str) -> ContainerFiles:
         """The files of a container this driver created; NotFound if there are none."""
         files = self.files(container_id)
         if not files.dir.is_dir():
@@ -317,33 +310,33 @@ class ConmonRuntime:
 
     # -- running the runtime CLI
 
-    async def _call_with(self, args: list[str], **options: Any) -> Completed:
-        """Run ``runtime <global args> <args>`` through ``crirt.proc.run`` with ``options``; RuntimeFailure if
-        it outlives ``command_timeout``."""
+    async def run_runtime(self, args: list[str], **options: Any) -> Completed:
+        """Run ``runtime <global args> <args>`` with ``options`` (those of ``crirt.shim.run_program``: stdin,
+        output, ...); RuntimeFailure if it outlives ``command_timeout``."""
         try:
             return await run_process([str(self.runtime), *self.global_args, *args], time_limit=self.command_timeout,
                                      grace=self.command_timeout, **options)
         except ProcessTimeout:
             raise RuntimeFailure(f"{self.name} {args[0]} did not finish within {self.command_timeout:g}s") from None
 
-    async def _call(self, *args: str) -> tuple[int, str, str]:
+    async def runtime_call(self, *args: str) -> tuple[int, str, str]:
         """Run ``runtime <global args> <args>``; return (exit code, stdout, stderr). Killed past
         ``command_timeout``; a cancelled caller lets it finish first, so no runtime step is cut in half."""
-        done = await self._call_with(list(args))
+        done = await self.run_runtime(list(args))
         return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
-    async def _run(self, container_id: str, *args: str) -> str:
+    async def container_call(self, container_id: str, *args: str) -> str:
         """Run a runtime command about an existing container; NotFound if the runtime does not know it,
         RuntimeFailure with the runtime's message for any other failure."""
         check_id(container_id)
-        code, out, err = await self._call(*args)
+        code, out, err = await self.runtime_call(*args)
         if code != 0:
             if await self._lookup(container_id) is None:
                 raise NotFound(f"container {container_id!r} not found by {self.name}")
             raise RuntimeFailure(f"{self.name} {args[0]} {container_id}: {runtime_error_text(err) or f'exit {code}'}")
         return out
 
-    def _known_to_runtime(self, container_id: str) -> bool:
+    def known_to_runtime(self, container_id: str) -> bool:
         """Whether the runtime keeps state for the id under its root, checked without running it: runc and crun
         keep a directory named after the container, runsc files whose names start with it."""
         try:
@@ -353,7 +346,7 @@ class ConmonRuntime:
 
     async def _lookup(self, container_id: str) -> RuntimeState | None:
         """The runtime's state of a container, None if it does not know the id."""
-        code, out, err = await self._call("state", container_id)
+        code, out, err = await self.runtime_call("state", container_id)
         if code == 0:
             return parse_state(out)
         text = runtime_error_text(err)
@@ -363,7 +356,7 @@ class ConmonRuntime:
 
     async def features(self) -> dict[str, Any] | None:
         """The runtime's ``features`` JSON (OCI runtime features), None if it has no such command."""
-        code, out, _ = await self._call("features")
+        code, out, _ = await self.runtime_call("features")
         if code != 0:
             return None
         try:
@@ -377,18 +370,22 @@ class ConmonRuntime:
     async def create(self, task: CreateTask) -> TaskState:
         """Create (not start) the container through conmon and return its state with the init pid.
 
-        On any failure, and on cancellation, everything this call made is removed again: conmon, the
-        runtime's container and the files."""
+        On any failure, and on cancellation, everything this call made is removed again (``discard``): conmon,
+        the runtime's container and the files."""
         self._check_new(task)
         files = await self._fresh_files(task.id)
-        argv = conmon_argv(conmon=self.conmon, runtime=self.runtime, runtime_args=self.global_args, files=files,
-                           bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
         try:
-            pid = await self._spawn_conmon(files, argv)
+            pid = await self._spawn_conmon(files, await self.conmon_command(task, files))
         except BaseException:
-            await asyncio.shield(self._discard(files))
+            await asyncio.shield(self.discard(files))
             raise
         return TaskState(id=task.id, status="created", pid=pid)
+
+    async def conmon_command(self, task: CreateTask, files: ContainerFiles) -> list[str]:
+        """The conmon command line that creates ``task`` (hook: a driver may put its own files in ``files.dir``
+        and run another program as conmon's runtime; what it makes there ``discard`` removes on failure)."""
+        return conmon_argv(conmon=self.conmon, runtime=self.runtime, runtime_args=self.global_args, files=files,
+                           bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
 
     def _check_new(self, task: CreateTask) -> None:
         """What must hold before a container is created: a bundle, a log directory, an id not yet taken."""
@@ -397,7 +394,7 @@ class ConmonRuntime:
         log_path = task.stdio.log_path
         if log_path is not None and not log_path.parent.is_dir():
             raise InvalidArgument(f"log directory {log_path.parent} of container {task.id!r} does not exist")
-        if self._known_to_runtime(task.id):
+        if self.known_to_runtime(task.id):
             raise AlreadyExists(f"container {task.id!r} already exists in {self.name}")
 
     async def _fresh_files(self, container_id: str) -> ContainerFiles:
@@ -405,7 +402,7 @@ class ConmonRuntime:
         files = self.files(container_id)
         if files.dir.exists():
             log.warning("removing leftovers of an earlier attempt to create container %s", container_id)
-            await self._discard(files)
+            await self.discard(files)
         for directory in (files.dir, files.exit.parent, files.socket_link.parent, self.root):
             directory.mkdir(parents=True, exist_ok=True)
         return files
@@ -459,12 +456,13 @@ class ConmonRuntime:
             text = ""
         return text[-2000:] or "no output"
 
-    async def _discard(self, files: ContainerFiles) -> None:
-        """Remove a container whatever its state: conmon, the runtime's container, the files."""
+    async def discard(self, files: ContainerFiles) -> None:
+        """Remove a container whatever its state: conmon, the runtime's container, the files (hook: a driver
+        that made more extends it)."""
         conmon_pid = _conmon_pid(files)
         if conmon_pid is not None:
             _kill_quietly(conmon_pid)
-        code, _, err = await self._call("delete", "--force", files.id)
+        code, _, err = await self.runtime_call("delete", "--force", files.id)
         if code != 0 and not looks_missing(runtime_error_text(err)):
             log.warning("%s delete --force %s failed: %s", self.name, files.id, runtime_error_text(err))
         await asyncio.to_thread(self._remove_files, files)
@@ -481,7 +479,7 @@ class ConmonRuntime:
 
     async def start(self, container_id: str) -> TaskState:
         """Start a created container's init process."""
-        await self._run(container_id, "start", container_id)
+        await self.container_call(container_id, "start", container_id)
         files = self.files(container_id)
         files.started.touch()
         return TaskState(id=container_id, status="running", pid=read_pid_file(files.pid) or 0)
@@ -490,7 +488,7 @@ class ConmonRuntime:
         """Signal the init process (or every process, with ``all_processes``). A stopped container has
         nothing to signal: that is not an error, so stopping twice or racing an exit is harmless."""
         args = ["kill", *(["--all"] if all_processes else []), check_id(container_id), str(int(sig))]
-        code, _, err = await self._call(*args)
+        code, _, err = await self.runtime_call(*args)
         if code == 0:
             return
         state = await self._lookup(container_id)
@@ -554,9 +552,9 @@ class ConmonRuntime:
         """Remove the container (killing it if it still runs) and its files; return its exit if known.
         Deleting a container that does not exist is not an error."""
         files = self.files(container_id)
-        if not files.dir.exists() and not self._known_to_runtime(container_id):
+        if not files.dir.exists() and not self.known_to_runtime(container_id):
             return None
-        code, _, err = await self._call("delete", "--force", container_id)
+        code, _, err = await self.runtime_call("delete", "--force", container_id)
         if code != 0 and not looks_missing(runtime_error_text(err)):
             raise RuntimeFailure(f"{self.name} delete {container_id}: {runtime_error_text(err) or f'exit {code}'}")
         await self._wait_for_conmon_exit(files, grace=5.0)
@@ -591,40 +589,12 @@ class ConmonRuntime:
         spec.write_text(json.dumps(process))
         return exec_dir
 
-    async def exec(self, container_id: str, process: ExecProcess) -> int:
-        """Start an extra process detached (``runtime exec --detach``) and return its host pid.
-
-        A detached process inherits the runtime's stdio, so its output (raw, not CRI-formatted) goes to
-        ``process.stdio.log_path``, or to ``exec/<exec id>/output`` in the container's directory. Execs with
-        stdin or a terminal are ``exec_interactive``'s."""
-        if process.stdio.terminal or process.stdio.stdin or process.process.get("terminal"):
-            raise InvalidArgument("a detached exec cannot have a terminal or stdin")
-        exec_dir = self._write_exec_spec(self._own(container_id), process.exec_id, process.process)
-        output = process.stdio.log_path or exec_dir / "output"
-        pid_file = exec_dir / "pid"
-        out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            code = (await self._call_with(
-                ["exec", "--detach", "--process", str(exec_dir / "process.json"), "--pid-file", str(pid_file),
-                 container_id], output=out)).returncode
-        finally:
-            os.close(out)
-            (exec_dir / "process.json").unlink()
-        pid = read_pid_file(pid_file)
-        if code != 0 or pid is None:
-            text = runtime_error_text(_tail(output))
-            shutil.rmtree(exec_dir, ignore_errors=True)
-            if await self._lookup(container_id) is None:
-                raise NotFound(f"container {container_id!r} not found by {self.name}")
-            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {code}'}")
-        return pid
-
     async def exec_sync(self, container_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
         """Run a process in the container to completion (``runtime exec`` in the foreground) and capture its
         output. Past ``time_limit`` seconds the process is SIGKILLed and the result is marked ``timed_out``."""
         if process.stdio.terminal or process.process.get("terminal"):
             raise InvalidArgument("exec_sync cannot allocate a terminal")
-        files = self._own(container_id)
+        files = self.owned(container_id)
         if self.exit_status(container_id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has stopped, not running")
         if not files.started.exists():  # created and not started (or started by a crirt that kept no mark)
@@ -634,13 +604,13 @@ class ConmonRuntime:
                                          "not running")
         exec_dir = self._write_exec_spec(files, process.exec_id, process.process)
         pid_file = exec_dir / "pid"
-        argv = [str(self.runtime), *self.global_args, "exec", *self._exec_flags(exec_dir), "--process",
+        argv = [str(self.runtime), *self.global_args, "exec", *self.exec_flags(exec_dir), "--process",
                 str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id]
         try:
             try:
                 done = await run_process(argv, time_limit=time_limit, grace=EXEC_KILL_WAIT,
                                          output_limit=EXEC_OUTPUT_LIMIT, drain=EXEC_DRAIN,
-                                         stop=lambda: self._kill_exec(container_id, exec_dir))
+                                         stop=lambda: self.kill_exec(container_id, exec_dir))
             except ProcessTimeout:
                 return ExecResult(exit_code=KILLED_EXIT_CODE, timed_out=True)
             started = pid_file.exists()
@@ -655,7 +625,7 @@ class ConmonRuntime:
         """Start a process in the container for a streaming session: ``runtime exec`` in the foreground with
         pipes, or a pty with ``process.stdio.terminal`` (see ``crirt.shim.interactive``). A process that cannot
         start ends with the runtime's exit code (255 for runc) and its message on stderr or the terminal."""
-        exec_dir = self._write_exec_spec(self._own(container_id), process.exec_id,
+        exec_dir = self._write_exec_spec(self.owned(container_id), process.exec_id,
                                          {**process.process, "terminal": process.stdio.terminal})
         pid_file = exec_dir / "pid"
         # With --log the runtime's own errors go there, and to stderr as plain text instead of log lines.
@@ -664,26 +634,22 @@ class ConmonRuntime:
         return await ForegroundExec.start(argv, terminal=process.stdio.terminal, stdin=process.stdio.stdin,
                                           pid_file=pid_file, cleanup=lambda: shutil.rmtree(exec_dir, True))
 
-    def _exec_flags(self, exec_dir: Path) -> list[str]:
+    def exec_flags(self, exec_dir: Path) -> list[str]:
         """More flags for the runtime's ``exec`` in ``exec_sync`` (none for runc): a hook for drivers whose
-        runtime needs them to kill the process later (see ``_kill_exec``)."""
+        runtime needs them to kill the process later (see ``kill_exec``)."""
         return []
 
-    async def _kill_exec(self, container_id: str, exec_dir: Path) -> None:
+    async def kill_exec(self, container_id: str, exec_dir: Path) -> None:
         """SIGKILL an exec'd process: runc's pid file holds its host pid."""
         if (pid := read_pid_file(exec_dir / "pid")) is not None:
             _kill_quietly(pid)
 
-    async def pids(self, container_id: str) -> list[int]:
-        """Host pids of every process in the container."""
-        return parse_pids(await self._run(container_id, "ps", "--format", "json", container_id))
-
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Apply new OCI ``linux.resources`` to the container's cgroup."""
-        spec = self._own(container_id).dir / "resources.json"
+        spec = self.owned(container_id).dir / "resources.json"
         spec.write_text(json.dumps(resources))
         try:
-            await self._run(container_id, "update", "--resources", str(spec), container_id)
+            await self.container_call(container_id, "update", "--resources", str(spec), container_id)
         finally:
             spec.unlink(missing_ok=True)
 
@@ -694,13 +660,13 @@ class ConmonRuntime:
     async def stats(self, container_id: str) -> dict[str, Any]:
         """A sample of the container's cgroup counters (see ``crirt.shim.cgroups.CgroupStats.as_dict``), read
         from the kernel's files through the init pid the runtime wrote: no runtime call."""
-        files = self._own(container_id)
+        files = self.owned(container_id)
         return await asyncio.to_thread(self._read_stats, files)
 
     async def stats_many(self, container_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``stats`` of several containers, read in one worker thread (one hand-off for a whole node's list,
         rather than one per container competing with the event loop for the GIL)."""
-        return await asyncio.to_thread(self._read_many, [self._own(i) for i in container_ids])
+        return await asyncio.to_thread(self._read_many, [self.owned(i) for i in container_ids])
 
     def _read_many(self, many: list[ContainerFiles]) -> dict[str, dict[str, Any]]:
         samples = {}
@@ -720,12 +686,17 @@ class ConmonRuntime:
 
     # -- conmon's sockets and fifos
 
-    async def attach(self, container_id: str) -> Path:
-        """The unix socket on which conmon serves the container's stdio (one byte of stream id per frame).
+    async def attach(self, container_id: str, *, stdin: bool, terminal: bool) -> ProcessIO:
+        """A client of conmon's attach socket for the container (see ``crirt.shim.attach``)."""
+        files = self.owned(container_id)
+        if self.exit_status(container_id) is not None:
+            raise FailedPrecondition(f"container {container_id!r} has exited: nothing to attach to")
 
-        Its path can exceed the 108 bytes a socket address holds; connect through a short alias such as
-        ``/proc/self/fd/<fd of the directory>/attach``."""
-        return self._own(container_id).attach
+        async def exit_code() -> int:
+            return (await self.wait(container_id)).exit_code
+
+        return await SocketAttach.connect(files.attach, container_id, stdin=stdin, terminal=terminal,
+                                          resize=lambda w, h: self.resize(container_id, None, w, h), wait=exit_code)
 
     async def resize(self, container_id: str, exec_id: str | None, width: int, height: int) -> None:
         """Resize the container's terminal through conmon's control fifo. An interactive exec's terminal is
@@ -743,7 +714,7 @@ class ConmonRuntime:
 
     def _tell_conmon(self, container_id: str, message: bytes) -> None:
         """Write ``message`` to conmon's control fifo (``<bundle>/ctl``); FailedPrecondition without a conmon."""
-        files = self._own(container_id)
+        files = self.owned(container_id)
         try:
             fifo = Path(os.readlink(files.socket_link)) / "ctl"
         except FileNotFoundError:

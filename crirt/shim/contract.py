@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crirt.errors import CrirtError, Unimplemented
 
-API_VERSION = "1.2"
-"""1.1: ``Shim.stats_many`` (optional; batched stats). 1.2: ``Shim.reopen_log`` (optional)."""
+API_VERSION = "2.0"
+"""1.1: ``Shim.stats_many`` (optional; batched stats). 1.2: ``Shim.reopen_log`` (optional). 2.0: ``attach`` returns a
+``ProcessIO``; ``exec`` (detached) and ``pids``, which crirt never called, are gone."""
 ENTRY_POINT_GROUP = "crirt.shims"
 
 
@@ -182,10 +183,6 @@ class Shim(abc.ABC):
     @abc.abstractmethod
     async def state(self, task_id: str) -> TaskState: ...
 
-    @abc.abstractmethod
-    async def exec(self, task_id: str, process: ExecProcess) -> int:
-        """Start the process; return its pid."""
-
     async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
         """Run the process to completion and return its output; past ``time_limit`` seconds (None: no limit)
         it is killed and the result says ``timed_out``. Optional: a plugin without it answers UNIMPLEMENTED."""
@@ -205,11 +202,11 @@ class Shim(abc.ABC):
         raise Unimplemented(f"shim plugin {type(self).__name__} cannot reopen container logs")
 
     @abc.abstractmethod
-    async def attach(self, task_id: str) -> Path:
-        """Return the path of a unix socket that carries the task's stdio, framed as conmon frames it: a
-        SOCK_SEQPACKET socket; each message a client sends is written to the task's stdin (at most 8192
-        bytes per message); each message it receives is one byte of stream id (2 stdout, 3 stderr) followed
-        by up to 8192 bytes of output. Several clients may be connected at once."""
+    async def attach(self, task_id: str, *, stdin: bool, terminal: bool) -> ProcessIO:
+        """Connect to the running task's main process: its output from now on, its stdin (when ``stdin`` and the
+        task was created with stdin), terminal resizes (when ``terminal``). Several attachers may be connected at
+        once; ``close`` detaches (the task runs on) and ``wait`` returns the task's exit code. FailedPrecondition
+        when the task has no stdio to attach to (it has ended)."""
 
     @abc.abstractmethod
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None: ...
@@ -230,9 +227,6 @@ class Shim(abc.ABC):
         left out. By default ``stats`` of at most ``STATS_FAN_OUT`` tasks at a time; a driver that reads files
         overrides it with one batch."""
         return await stats_of_each(self.stats, task_ids)
-
-    @abc.abstractmethod
-    async def pids(self, task_id: str) -> list[int]: ...
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the plugin holds when crirt shuts down (tasks keep running)."""

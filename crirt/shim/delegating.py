@@ -7,7 +7,6 @@ every task method is handed to the driver, which has the contract's method names
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, ProcessIO, Shim, TaskState
@@ -22,16 +21,14 @@ class ShimDriver(Protocol):
     async def wait(self, task_id: str) -> ExitStatus: ...
     async def delete(self, task_id: str) -> ExitStatus | None: ...
     async def state(self, task_id: str) -> TaskState: ...
-    async def exec(self, task_id: str, process: ExecProcess) -> int: ...
     async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult: ...
     async def exec_interactive(self, task_id: str, process: ExecProcess) -> ProcessIO: ...
     async def reopen_log(self, task_id: str) -> None: ...
-    async def attach(self, task_id: str) -> Path: ...
+    async def attach(self, task_id: str, *, stdin: bool, terminal: bool) -> ProcessIO: ...
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None: ...
     async def update(self, task_id: str, resources: dict[str, Any]) -> None: ...
     async def stats(self, task_id: str) -> dict[str, Any]: ...
     async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
-    async def pids(self, task_id: str) -> list[int]: ...
     async def close(self) -> None: ...
 
 
@@ -58,9 +55,6 @@ class DelegatingShim(Shim):
     async def state(self, task_id: str) -> TaskState:
         return await self.runtime.state(task_id)
 
-    async def exec(self, task_id: str, process: ExecProcess) -> int:
-        return await self.runtime.exec(task_id, process)
-
     async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
         return await self.runtime.exec_sync(task_id, process, time_limit)
 
@@ -70,8 +64,8 @@ class DelegatingShim(Shim):
     async def reopen_log(self, task_id: str) -> None:
         await self.runtime.reopen_log(task_id)
 
-    async def attach(self, task_id: str) -> Path:
-        return await self.runtime.attach(task_id)
+    async def attach(self, task_id: str, *, stdin: bool, terminal: bool) -> ProcessIO:
+        return await self.runtime.attach(task_id, stdin=stdin, terminal=terminal)
 
     async def resize(self, task_id: str, exec_id: str | None, width: int, height: int) -> None:
         await self.runtime.resize(task_id, exec_id, width, height)
@@ -84,9 +78,6 @@ class DelegatingShim(Shim):
 
     async def stats_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return await self.runtime.stats_many(task_ids)
-
-    async def pids(self, task_id: str) -> list[int]:
-        return await self.runtime.pids(task_id)
 
     async def close(self) -> None:
         await self.runtime.close()

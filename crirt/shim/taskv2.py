@@ -27,7 +27,7 @@ Files under the driver's ``state_dir``::
     tasks/<id>/oom                     present: the shim reported an OOM kill
     tasks/<id>/attach                  the attach socket, while crirt serves it
     tasks/<id>/alias/<id>              a symlink to the bundle, the working directory of ``delete``
-    tasks/<id>/exec/<exec id>/         the FIFOs or output file of an exec
+    tasks/<id>/exec/<exec id>/         the FIFOs of an exec
 """
 
 from __future__ import annotations
@@ -51,11 +51,21 @@ from crirt._gen.google.protobuf import Any as AnyMessage
 from crirt._gen.google.protobuf import Empty
 from crirt._gen.runtimeoptions.v1 import Options as RuntimeOptions
 from crirt.errors import CrirtError, FailedPrecondition, InvalidArgument, NotFound
+from crirt.shim.attach import SocketAttach
 from crirt.shim.cgroups import read_stats
-from crirt.shim.contract import CreateTask, ExecProcess, ExecResult, ExitStatus, Stdio, TaskState, stats_of_each
+from crirt.shim.contract import (
+    CreateTask,
+    ExecProcess,
+    ExecResult,
+    ExitStatus,
+    ProcessIO,
+    Stdio,
+    TaskState,
+    stats_of_each,
+)
 from crirt.shim.crilog import CriLog
 from crirt.shim.taskv2_attach import AttachServer
-from crirt.shim.taskv2_exec import FifoExec, run_to_end, start_detached
+from crirt.shim.taskv2_exec import FifoExec, run_to_end
 from crirt.shim.taskv2_pods import PodShims, any_json, call, events_address
 from crirt.shim.taskv2_start import ShimCommand, ShimFailure
 from crirt.shim.ttrpc import ConnectionLost, TtrpcClient
@@ -401,18 +411,6 @@ class ShimV2Runtime:
         exec_dir.mkdir(parents=True)
         return client, exec_dir
 
-    async def exec(self, task_id: str, process: ExecProcess) -> int:
-        """Start an extra process detached and return its pid. Its output goes raw to
-        ``process.stdio.log_path`` or to ``exec/<exec id>/output``; crirt deletes it from the shim once it
-        exits."""
-        if process.stdio.terminal or process.stdio.stdin or process.process.get("terminal"):
-            raise InvalidArgument("a detached exec cannot have a terminal or stdin")
-        client, exec_dir = await self._exec_dir(task_id, process)
-        pid, reaper = await start_detached(client, task_id, process, exec_dir)
-        self._background.add(reaper)
-        reaper.add_done_callback(self._background.discard)
-        return pid
-
     async def exec_sync(self, task_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
         """Run a process in the task to completion, capturing its output (see ``taskv2_exec.run_to_end``).
         Past ``time_limit`` seconds it is SIGKILLed and the result is marked ``timed_out``."""
@@ -440,12 +438,6 @@ class ShimV2Runtime:
             raise
         await session.start(process.process)
         return session
-
-    async def pids(self, task_id: str) -> list[int]:
-        """Pids of every process in the task, as the shim reports them."""
-        client = await self._client(self._own(task_id))
-        response = await call(client, "Pids", api.PidsRequest(id=task_id), api.PidsResponse)
-        return [p.pid for p in response.processes]
 
     async def update(self, task_id: str, resources: dict[str, Any]) -> None:
         """Apply new OCI ``linux.resources`` to the running task."""
@@ -501,7 +493,18 @@ class ShimV2Runtime:
         client = await self._client(self._own(task_id))
         return await call(client, "Connect", api.ConnectRequest(id=task_id), api.ConnectResponse)
 
-    async def attach(self, task_id: str) -> Path:
+    async def attach(self, task_id: str, *, stdin: bool, terminal: bool) -> ProcessIO:
+        """A client of the task's attach socket (``crirt.shim.attach``), which crirt serves with conmon's framing
+        (so the conmon driver's attacher works here too) until the task ends."""
+        path = await self._attach_socket(task_id)
+
+        async def exit_code() -> int:
+            return (await self.wait(task_id)).exit_code
+
+        return await SocketAttach.connect(path, task_id, stdin=stdin, terminal=terminal,
+                                          resize=lambda w, h: self.resize(task_id, None, w, h), wait=exit_code)
+
+    async def _attach_socket(self, task_id: str) -> Path:
         """The task's attach socket (see ``crirt.shim.taskv2_attach``), served by crirt until the task ends."""
         files = self._own(task_id)
         await self.recover()

@@ -1,7 +1,6 @@
-"""Processes added to a shim v2 task: detached, run to the end (``exec_sync``), or interactive.
+"""Processes added to a shim v2 task: run to the end (``exec_sync``) or interactive.
 
-Detached: the shim writes the output to a file (a ``file://`` stdio URI); crirt deletes the process from
-the shim once it has exited. Run to the end: the output comes through two FIFOs crirt reads. Interactive
+Run to the end: the output comes through two FIFOs crirt reads. Interactive
 (``FifoExec``): stdin, stdout and stderr are FIFOs between crirt and the shim, which copies between them and
 the process (or the process's terminal: then all output arrives on stdout).
 
@@ -49,28 +48,6 @@ def exec_request(task_id: str, exec_id: str, process: dict[str, Any], *, termina
 async def _delete(client: TtrpcClient, task_id: str, exec_id: str) -> None:
     with contextlib.suppress(CrirtError):
         await call(client, "Delete", api.DeleteRequest(id=task_id, exec_id=exec_id), api.DeleteResponse)
-
-
-async def start_detached(client: TtrpcClient, task_id: str, process: ExecProcess,
-                         exec_dir: Path) -> tuple[int, asyncio.Task[None]]:
-    """Start a process whose output goes raw to ``process.stdio.log_path`` (or ``exec_dir/output``); return
-    its pid and the task that deletes it from the shim once it has exited."""
-    output = f"file://{process.stdio.log_path or exec_dir / 'output'}"
-    await call(client, "Exec", exec_request(task_id, process.exec_id, process.process, stdout=output, stderr=output),
-               Empty)
-    try:
-        response = await call(client, "Start", api.StartRequest(id=task_id, exec_id=process.exec_id),
-                              api.StartResponse)
-    except BaseException:
-        await asyncio.shield(_delete(client, task_id, process.exec_id))
-        raise
-
-    async def reap() -> None:
-        with contextlib.suppress(CrirtError):
-            await call(client, "Wait", api.WaitRequest(id=task_id, exec_id=process.exec_id), api.WaitResponse, None)
-        await _delete(client, task_id, process.exec_id)
-
-    return response.pid, asyncio.get_running_loop().create_task(reap())
 
 
 async def run_to_end(client: TtrpcClient, task_id: str, process: ExecProcess, exec_dir: Path,

@@ -1,16 +1,14 @@
 """What a streaming session is connected to: a process exec'd in a container, a container's main process
 (attach), or a TCP port inside a pod (port-forward).
 
-Exec asks the container's shim for an interactive process (``Shim.exec_interactive``). Attach speaks the
-attach socket protocol of the shim contract (conmon's: one SOCK_SEQPACKET message per chunk, output prefixed by
-a stream byte) and resizes through ``Shim.resize``. Port-forward connects to the port on the pod's loopback
+Exec asks the container's shim for an interactive process (``Shim.exec_interactive``), attach for its main
+process (``Shim.attach``); both are ``ProcessIO``s. Port-forward connects to the port on the pod's loopback
 from a socket made inside the pod's pinned network namespace, so no process is started for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -23,7 +21,7 @@ from crirt.errors import FailedPrecondition, InvalidArgument, NotFound, Unavaila
 from crirt.model.enums import ContainerState
 from crirt.network.netns import run_in_netns
 from crirt.sandboxes.records import Phase
-from crirt.shim.contract import ExecProcess, ProcessIO, Shim, Stdio
+from crirt.shim.contract import ExecProcess, ProcessIO, Stdio
 
 if TYPE_CHECKING:
     from crirt.containers.records import ContainerRecord
@@ -33,16 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StdioTarget = ProcessIO
-"""A process a session drives: write stdin, read (stream, data) output, resize, wait, close. The shim contract
-defines it because an exec target is what the shim returns; the attach target below implements it too."""
+"""A process a session drives: write stdin, read (stream, data) output, resize, wait, close (the shim's)."""
 
-ATTACH_CHUNK = 8192
-"""conmon's buffer size: the most output per message after the stream byte, and the most stdin we send in one."""
-ATTACH_STREAMS = {2: 1, 3: 2}
-"""conmon's stream bytes (its pipe numbers: 1 stdin, 2 stdout, 3 stderr) to ours (1 stdout, 2 stderr)."""
-ATTACH_QUEUE = 64
-"""Messages read ahead of the consumer per attacher. Beyond that the socket fills up; conmon (in its current
-source) then stops sending output to that attacher rather than slow the container down."""
 LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
 
 
@@ -80,105 +70,14 @@ async def open_exec(containers: ContainerService, container_id: str, cmd: list[s
 # Attach
 
 
-class AttachTarget(StdioTarget):
-    """One client of a container's attach socket; several may be attached to one container at once.
-
-    ``wait`` returns the container's exit code once it has exited; ``close`` detaches (the container runs on).
-    Half-closing stdin (or detaching) closes the container's stdin if it was created with ``stdin_once``."""
-
-    def __init__(self, sock: socket.socket, shim: Shim, container_id: str, *, stdin: bool, terminal: bool) -> None:
-        self._sock = sock
-        self._shim = shim
-        self._container_id = container_id
-        self._stdin = stdin
-        self._terminal = terminal
-        self._output: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(ATTACH_QUEUE)
-        self._ended = False
-        self._receiver = asyncio.ensure_future(self._receive())
-
-    async def _receive(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while message := await loop.sock_recv(self._sock, ATTACH_CHUNK + 1):
-                stream = ATTACH_STREAMS.get(message[0])
-                if stream is not None and len(message) > 1:
-                    await self._output.put((stream, message[1:]))
-        except OSError as exc:
-            log.debug("attach socket of container %s failed: %s", self._container_id, exc)
-        finally:
-            self._ended = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._output.put_nowait((0, b""))
-
-    async def read_output(self) -> tuple[int, bytes]:
-        if self._ended and self._output.empty():
-            return 0, b""
-        return await self._output.get()
-
-    async def write_stdin(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(data), ATTACH_CHUNK):
-            if not self._stdin:
-                return
-            try:
-                await loop.sock_sendall(self._sock, data[start:start + ATTACH_CHUNK])
-            except OSError:  # conmon is gone: the container has exited
-                self._stdin = False
-
-    async def close_stdin(self) -> None:
-        if self._stdin:
-            self._stdin = False
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
-
-    async def resize(self, width: int, height: int) -> None:
-        if not self._terminal:
-            return
-        try:
-            await self._shim.resize(self._container_id, None, width, height)
-        except (NotFound, FailedPrecondition) as exc:  # the container has just exited; its session ends anyway
-            log.debug("resize of container %s skipped: %s", self._container_id, exc)
-
-    async def wait(self) -> int:
-        return (await self._shim.wait(self._container_id)).exit_code
-
-    async def close(self) -> None:
-        self._receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._receiver
-        self._sock.close()
-
-
-async def _connect_attach_socket(path: Path) -> socket.socket:
-    """Connect to a SOCK_SEQPACKET socket whose path may exceed the 108 bytes of a socket address: through the
-    ``/proc/self/fd`` alias of its directory."""
-    directory = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, f"/proc/self/fd/{directory}/{path.name}")
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.close(directory)
-    return sock
-
-
 async def open_attach(containers: ContainerService, container_id: str, *, tty: bool, stdin: bool) -> StdioTarget:
     """Attach to a running container's main process. Stdin is passed on only when asked for and the container
     was created with stdin; the container's own terminal setting decides the output streams and resizes
     (``tty`` is the client's wish, which kubelet and crictl take from the container anyway)."""
     record = _running(containers, container_id)
     shim = containers.registry.resolve(record.runtime_handler)
-    path = await shim.attach(record.id)
-    try:
-        sock = await _connect_attach_socket(path)
-    except OSError as exc:
-        raise FailedPrecondition(f"cannot attach to container {record.id}: its attach socket {path} does not "
-                                 f"answer ({exc.strerror or exc})") from None
-    log.debug("attached to container %s (tty requested %s, container tty %s)", record.id, tty, record.config.tty)
-    return AttachTarget(sock, shim, record.id, stdin=stdin and record.config.stdin, terminal=record.config.tty)
+    log.debug("attaching to container %s (tty requested %s, container tty %s)", record.id, tty, record.config.tty)
+    return await shim.attach(record.id, stdin=stdin and record.config.stdin, terminal=record.config.tty)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from crirt.shim import HandlerFeatures, Shim
 
 
 class GoodShim(Shim):
-    api_version = "1.0"
+    api_version = "2.0"
 
     def __init__(self, context, options):
         if options:
@@ -76,10 +76,7 @@ class GoodShim(Shim):
     async def state(self, task_id):
         raise NotImplementedError("test plugin")
 
-    async def exec(self, task_id, process):
-        raise NotImplementedError("test plugin")
-
-    async def attach(self, task_id):
+    async def attach(self, task_id, *, stdin, terminal):
         raise NotImplementedError("test plugin")
 
     async def resize(self, task_id, exec_id, width, height):
@@ -90,9 +87,6 @@ class GoodShim(Shim):
 
     async def stats(self, task_id):
         raise NotImplementedError("test plugin")
-
-    async def pids(self, task_id):
-        raise NotImplementedError("test plugin")
 '''
 
 OLD_API_SHIM = '''
@@ -100,7 +94,7 @@ from crirt.shim import Shim
 
 
 class OldApiShim(Shim):
-    api_version = "2.0"
+    api_version = "1.2"
 '''
 
 IMPORT_ERROR = "crirt-testshim-broken needs libtestshim.so.3"
@@ -111,7 +105,7 @@ from crirt.shim import Shim
 
 
 class DupShim(Shim):
-    api_version = "1.0"
+    api_version = "2.0"
 '''
 
 # distribution name -> (entry-point name, class name, module source)
@@ -230,7 +224,7 @@ def test_daemon_loads_good_plugin_and_reports_each_broken_one(plugin_daemon: Dae
     assert [name for name in CONFIGURED_HANDLERS if status[name]["ready"]] == ["good", "fast"]
     problems = {name: status[name]["problem"] for name in BROKEN_HANDLERS}
     assert "crirt-testshim-oldapi" in problems["old"]
-    assert _names_version(problems["old"], "2.0") and _names_version(problems["old"], API_VERSION)
+    assert _names_version(problems["old"], "1.2") and _names_version(problems["old"], API_VERSION)
     assert "failed to import" in problems["broken"] and IMPORT_ERROR in problems["broken"]
     assert "no-such-plugin" in problems["missing"] and "not installed" in problems["missing"]
     assert "rejected its options" in problems["badopts"] and "bogus" in problems["badopts"]

@@ -98,6 +98,14 @@ def make_bundle(tmp_path: Path, rootfs: Path) -> BundleFactory:
     return make
 
 
+def container_pids(shim: RuncShim, container_id: str) -> list[int]:
+    """Host pids of the container's processes, as runc lists them (``runc ps``)."""
+    runtime = shim.runtime
+    listed = subprocess.run([str(runtime.runtime), *runtime.global_args, "ps", "--format", "json", container_id],
+                            capture_output=True, text=True, check=True)
+    return [int(pid) for pid in json.loads(listed.stdout) or []]
+
+
 def remove_everything(shim: RuncShim) -> None:
     """Delete every container in the shim's runc root and kill every conmon it started, by id."""
     runtime = shim.runtime

@@ -17,6 +17,8 @@ from crirt.shim import CreateTask, ExecProcess, Stdio
 from crirt.shim.contract import ProcessIO
 from crirt.shim.interactive import ForegroundExec
 
+from .conftest import container_pids
+
 BundleFactory = Callable[..., Path]
 
 
@@ -144,18 +146,18 @@ def test_terminal_echo_and_resize(shim: RuncShim, make_bundle: BundleFactory) ->
 def test_close_kills_the_process_and_its_children(shim: RuncShim, make_bundle: BundleFactory) -> None:
     async def scenario() -> None:
         await running(shim, make_bundle)
-        before = set(await shim.pids("c1"))
+        before = set(container_pids(shim, "c1"))
         fds, others = open_fds(), children()
         for terminal in (False, True):
             session = await shim.exec_interactive("c1", ExecProcess(
                 exec_id=f"k-{terminal}", process=process("sh", "-c", "sleep 1000 & echo started; cat"),
                 stdio=Stdio(stdin=True, terminal=terminal)))
             await collect(session, until=b"started")
-            assert len(set(await shim.pids("c1")) - before) == 2  # the shell and its sleep
+            assert len(set(container_pids(shim, "c1")) - before) == 2  # the shell and its sleep
             began = time.monotonic()
             await session.close()
             assert time.monotonic() - began < 2
-            assert set(await shim.pids("c1")) == before
+            assert set(container_pids(shim, "c1")) == before
             assert await session.wait() == 137
         assert open_fds() == fds
         assert children() == others
@@ -169,13 +171,13 @@ def test_a_daemon_started_by_an_exec_outlives_it(shim: RuncShim, make_bundle: Bu
     finished session leaves that child alone."""
     async def scenario() -> None:
         await running(shim, make_bundle)
-        before = len(await shim.pids("c1"))
+        before = len(container_pids(shim, "c1"))
         session = await shim.exec_interactive("c1", ExecProcess(
             exec_id="b1", process=process("sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo bye")))
         assert (await collect(session))[1] == b"bye\n"
         assert await session.wait() == 0
         await session.close()
-        assert len(await shim.pids("c1")) == before + 1
+        assert len(container_pids(shim, "c1")) == before + 1
         await shim.delete("c1")
 
     asyncio.run(scenario())

@@ -27,7 +27,6 @@ from crirt.shim.conmon import (
     is_conmon_of,
     looks_missing,
     parse_exit_code,
-    parse_pids,
     parse_state,
     parse_sync_message,
     resize_message,
@@ -102,13 +101,12 @@ def test_missing_container_wordings() -> None:
     assert not looks_missing("container not running")
 
 
-def test_state_exit_and_ps_parsing() -> None:
+def test_state_and_exit_parsing() -> None:
     state = parse_state('{"ociVersion": "1.0.2-dev", "id": "c1", "pid": 27932, "status": "running", '
                         '"bundle": "/b", "rootfs": "/b/rootfs", "created": "2026-11-26T17:03:35Z", "owner": ""}')
     assert (state.id, state.status, state.pid) == ("c1", "running", 27932)
     assert parse_state('{"id": "c1", "pid": 0, "status": "stopped"}').pid == 0
     assert parse_exit_code("137") == 137 and parse_exit_code("0\n") == 0
-    assert parse_pids("[1, 22]\n") == [1, 22] and parse_pids("null") == []
 
 
 def test_conmon_identity_guards_pid_reuse() -> None:
@@ -201,9 +199,8 @@ def test_a_plugin_without_the_optional_methods_answers_unimplemented() -> None:
         raise NotImplementedError
 
     class OldShim(Shim):
-        api_version = "1.0"
-        features = create = start = kill = wait = delete = state = exec = attach = resize = update = stats = \
-            pids = unused
+        api_version = "2.0"
+        features = create = start = kill = wait = delete = state = attach = resize = update = stats = unused
 
     old = OldShim(ShimContext(handler="h", root=Path("/r"), state=Path("/s")), {})
     with pytest.raises(Unimplemented, match="OldShim"):

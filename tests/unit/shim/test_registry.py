@@ -20,16 +20,16 @@ async def _not_used_here(self, *args: object) -> None:
 
 
 class GoodShim(Shim):
-    api_version = "1.4"
+    api_version = "2.4"
 
     async def features(self) -> HandlerFeatures:
         return HandlerFeatures(user_namespaces=True)
 
-    create = start = kill = wait = delete = state = exec = attach = resize = update = stats = pids = _not_used_here
+    create = start = kill = wait = delete = state = attach = resize = update = stats = _not_used_here
 
 
 class FutureShim(GoodShim):
-    api_version = "2.0"
+    api_version = "3.0"
 
 
 module = types.ModuleType("fake_shims")
@@ -65,7 +65,7 @@ def test_unknown_handler_lists_the_known_ones() -> None:
 
 
 @pytest.mark.parametrize(("plugin", "problem"), [
-    ("future", "built for shim API 2.0, but crirt .* speaks shim API 1\\.2"),
+    ("future", "built for shim API 3.0, but crirt .* speaks shim API 2\\.0"),
     ("odd", "is not a crirt.shim.Shim subclass"),
     ("absent", "is not installed"),
 ])

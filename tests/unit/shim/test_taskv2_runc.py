@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -155,11 +154,10 @@ async def test_reopen_log_starts_a_new_file_after_a_rotation(driver: ShimV2Runti
     await eventually(lambda: log_text(log) == ["stdout F before"])
     log.rename(tmp_path / "rot.log.1")  # the kubelet's rotation
     await driver.reopen_log("rot")
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    client.connect(str(await driver.attach("rot")))
-    client.send(b"go\n")  # the process goes on only now: "after" is written after the reopen
+    client = await driver.attach("rot", stdin=True, terminal=False)
+    await client.write_stdin(b"go\n")  # the process goes on only now: "after" is written after the reopen
     await eventually(lambda: log.exists() and log_text(log) == ["stdout F after"])
-    client.close()
+    await client.close()
     assert log_text(tmp_path / "rot.log.1") == ["stdout F before"]
     await driver.kill("rot", signal.SIGKILL)
     await driver.wait("rot")
@@ -185,12 +183,6 @@ async def test_one_shim_per_pod_and_processes_in_a_task(driver: ShimV2Runtime, b
         "args": ["sleep", "30"], "cwd": "/", "env": ["PATH=/bin"]}), 0.5)
     assert slow.timed_out and slow.exit_code == 137
 
-    output = tmp_path / "detached.out"
-    pid = await driver.exec("a1", ExecProcess(exec_id="e4", stdio=Stdio(log_path=output), process={
-        "args": ["sh", "-c", "echo detached"], "cwd": "/", "env": ["PATH=/bin"]}))
-    assert pid > 0
-    await eventually(lambda: output.exists() and output.read_text() == "detached\n")
-    assert len(await driver.pids("a1")) >= 2  # sh and its sleep
     await driver.update("a1", {"pids": {"limit": 100}})
     stats = await driver.stats("a1")
     assert stats
@@ -320,22 +312,6 @@ async def test_an_oom_kill_is_reported(driver: ShimV2Runtime, bundle: Callable[.
     assert not (await driver.wait("fine")).oom_killed
 
 
-async def attach_client(path: Path) -> socket.socket:
-    """Connect to an attach socket (through the /proc/self/fd alias of its directory, as crirt does)."""
-    directory = os.open(path.parent, os.O_PATH)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, f"/proc/self/fd/{directory}/{path.name}")
-    finally:
-        os.close(directory)
-    return sock
-
-
-async def receive(sock: socket.socket) -> bytes:
-    return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 8193), 10)
-
-
 async def test_attach_carries_stdin_and_output_to_several_clients(driver: ShimV2Runtime,
                                                                   bundle: Callable[..., Path],
                                                                   tmp_path: Path) -> None:
@@ -343,20 +319,18 @@ async def test_attach_carries_stdin_and_output_to_several_clients(driver: ShimV2
     script = "while read line; do echo \"got $line\"; echo \"err $line\" >&2; done; echo bye"
     await driver.create(task("cat", "pod1", bundle("cat", script), log, stdin=True, stdin_once=True))
     await driver.start("cat")
-    path = await driver.attach("cat")
-    assert await driver.attach("cat") == path
-    first, second = await attach_client(path), await attach_client(path)
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(first, b"one\n")
-    got = {await receive(first), await receive(first)}
-    assert got == {b"\x02got one\n", b"\x03err one\n"}
-    assert {await receive(second), await receive(second)} == got  # every client sees the output
-    first.shutdown(socket.SHUT_WR)  # end of input: the task was created with stdin_once
-    assert await receive(first) == b"\x02bye\n"
-    assert (await driver.wait("cat")).exit_code == 0
-    assert await receive(second) == b"\x02bye\n"
-    assert await receive(second) == b""  # the task ended: the connection is closed
-    first.close()
-    second.close()
+    first = await driver.attach("cat", stdin=True, terminal=False)
+    second = await driver.attach("cat", stdin=False, terminal=False)
+    await first.write_stdin(b"one\n")
+    got = {await first.read_output(), await first.read_output()}
+    assert got == {(1, b"got one\n"), (2, b"err one\n")}
+    assert {await second.read_output(), await second.read_output()} == got  # every client sees the output
+    await first.close_stdin()  # end of input: the task was created with stdin_once
+    assert await first.read_output() == (1, b"bye\n")
+    assert await first.wait() == 0
+    assert await second.read_output() == (1, b"bye\n")
+    assert await second.read_output() == (0, b"")  # the task ended: the connection is closed
+    await first.close()
+    await second.close()
     assert sorted(log_text(log)) == ["stderr F err one", "stdout F bye", "stdout F got one"]
     await driver.delete("cat")

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crirt.proc import run
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable, run_program
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
@@ -82,7 +81,7 @@ class GvisorShim(DelegatingShim):
     - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
     """
 
-    api_version = "1.0"
+    api_version = "2.0"
     needs_infra_container: ClassVar[bool] = True
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
@@ -102,7 +101,8 @@ class GvisorShim(DelegatingShim):
     async def features(self) -> HandlerFeatures:
         """Checks that this runsc has the chosen platform, then reports what the handler supports: runsc
         20221219 has no ``features`` command, no recursive read-only mounts and no user namespaces for pods."""
-        done = await run([str(self.runtime.runtime), "help", "platforms"], time_limit=self.runtime.command_timeout)
+        done = await run_program([str(self.runtime.runtime), "help", "platforms"],
+                                 time_limit=self.runtime.command_timeout)
         listed = platforms_listed(done.stdout.decode(errors="replace"))
         if done.returncode != 0 or self.platform not in listed:
             said = ", ".join(listed) or done.stderr.decode(errors="replace").strip() or "none"

@@ -31,16 +31,13 @@ import errno
 import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from crirt.errors import FailedPrecondition, InvalidArgument, Unimplemented
-from crirt.proc import run as run_process
-from crirt.proc import wait_exit
-from crirt.shim import stats_of_each
+from crirt.shim import CreateTask, ExitStatus, TaskState, run_program, stats_of_each
 from crirt.shim.conmon import (
     UNKNOWN_EXIT_CODE,
     ConmonRuntime,
@@ -49,7 +46,6 @@ from crirt.shim.conmon import (
     conmon_argv,
     runtime_error_text,
 )
-from crirt.shim.contract import CreateTask, ExitStatus, TaskState
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
@@ -82,7 +78,7 @@ def uts_namespace(spec: dict[str, Any]) -> tuple[bool, str | None]:
 
 async def namespace_hostname(path: str) -> str:
     """The host name set in the UTS namespace pinned at ``path``."""
-    done = await run_process(["nsenter", f"--uts={path}", "cat", "/proc/sys/kernel/hostname"])
+    done = await run_program(["nsenter", f"--uts={path}", "cat", "/proc/sys/kernel/hostname"])
     if done.returncode != 0:
         raise RuntimeFailure(f"reading the host name of UTS namespace {path}: "
                              f"{done.stderr.decode(errors='replace').strip()}")
@@ -121,20 +117,29 @@ def _holder_pid(files: ContainerFiles) -> int | None:
 class GvisorRuntime(ConmonRuntime):
     """The conmon driver for runsc, with sub-containers run through ``holder.sh`` (see the module docstring)."""
 
-    def _sandbox_file(self, files: ContainerFiles) -> Path:
+    @staticmethod
+    def _sandbox_file(files: ContainerFiles) -> Path:
         return files.dir / "sandbox"
 
-    async def create(self, task: CreateTask) -> TaskState:
-        """The spec's annotations decide, as they do for runsc: a sandbox container or a sub-container."""
+    async def conmon_command(self, task: CreateTask, files: ContainerFiles) -> list[str]:
+        """The spec's annotations decide, as they do for runsc: a sandbox container runs like a runc container,
+        a sub-container with ``holder.sh`` as conmon's runtime (which runs ``runsc create``)."""
         try:
             spec = json.loads((task.bundle / "config.json").read_text())
         except (OSError, ValueError):
-            return await super().create(task)  # the driver reports the missing or broken bundle
+            return await super().conmon_command(task, files)  # runsc reports the broken bundle
         sandbox = sandbox_of(spec.get("annotations") or {})
-        if sandbox is not None:
-            return await self._create_sub_container(task, sandbox)
-        await self._name_sandbox(task.bundle, spec)
-        return await super().create(task)
+        if sandbox is None:
+            await self._name_sandbox(task.bundle, spec)
+            return await super().conmon_command(task, files)
+        if not self.known_to_runtime(sandbox):
+            raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
+                                     "not know (the pod's sandbox container is gone)")
+        self._sandbox_file(files).write_text(sandbox)
+        os.mkfifo(files.dir / "start", 0o600)
+        return conmon_argv(conmon=self.conmon, runtime=SHELL,
+                           runtime_args=[str(HOLDER), str(self.runtime), *self.global_args, "--"],
+                           files=files, bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
 
     async def _name_sandbox(self, bundle: Path, spec: dict[str, Any]) -> None:
         """gVisor gives each sandbox its own UTS namespace named after the root spec's ``hostname``, ignoring the
@@ -146,28 +151,9 @@ class GvisorRuntime(ConmonRuntime):
         spec["hostname"] = await namespace_hostname(joined) if joined else socket.gethostname()
         (bundle / "config.json").write_text(json.dumps(spec))
 
-    async def _create_sub_container(self, task: CreateTask, sandbox: str) -> TaskState:
-        """conmon with ``holder.sh`` as its runtime (which runs ``runsc create``); undone on any failure."""
-        self._check_new(task)
-        if not self._known_to_runtime(sandbox):
-            raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
-                                     "not know (the pod's sandbox container is gone)")
-        files = await self._fresh_files(task.id)
-        try:
-            self._sandbox_file(files).write_text(sandbox)
-            os.mkfifo(files.dir / "start", 0o600)
-            argv = conmon_argv(conmon=self.conmon, runtime=SHELL,
-                               runtime_args=[str(HOLDER), str(self.runtime), *self.global_args, "--"],
-                               files=files, bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
-            holder = await self._spawn_conmon(files, argv)
-        except BaseException:
-            await asyncio.shield(self._discard(files))
-            raise
-        return TaskState(id=task.id, status="created", pid=holder)
-
     async def start(self, container_id: str) -> TaskState:
         """A sub-container starts with the holder's stdio (conmon's pipes); then the holder may wait for it."""
-        files = self._own(container_id)
+        files = self.owned(container_id)
         if not self._sandbox_file(files).exists():
             return await super().start(container_id)
         holder = _holder_pid(files)
@@ -181,23 +167,11 @@ class GvisorRuntime(ConmonRuntime):
                     stdio.append(os.open(f"/proc/{holder}/fd/{fd}", mode | os.O_CLOEXEC))
                 except FileNotFoundError:  # conmon gave the runtime no such stream (a terminal replaces them)
                     stdio.append(os.open(os.devnull, mode | os.O_CLOEXEC))
-            # Popen (vfork) rather than the loop's spawn: much cheaper on uvloop (see crirt.proc).
-            child = subprocess.Popen(  # noqa: ASYNC220 - returns once the child has exec'd
-                [str(self.runtime), *self.global_args, f"--log={start_log}", "--log-format=json", "start",
-                 container_id], stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            code = (await self.run_runtime([f"--log={start_log}", "--log-format=json", "start", container_id],
+                                           stdin=stdio[0], output=(stdio[1], stdio[2]))).returncode
         finally:
             for fd in stdio:
                 os.close(fd)
-        waiting = asyncio.ensure_future(wait_exit(child))
-        try:
-            code = await asyncio.wait_for(asyncio.shield(waiting), self.command_timeout)
-        except TimeoutError:
-            raise RuntimeFailure(f"{self.name} start {container_id} did not finish within "
-                                 f"{self.command_timeout:g}s") from None
-        finally:
-            if child.poll() is None:
-                child.kill()
-            await waiting
         if code != 0:
             await self._tell_holder(files, "abort")
             text = runtime_error_text(start_log.read_text(errors="replace")) if start_log.exists() else ""
@@ -230,9 +204,9 @@ class GvisorRuntime(ConmonRuntime):
                 os.close(fd)
             return True
 
-    async def _discard(self, files: ContainerFiles) -> None:
+    async def discard(self, files: ContainerFiles) -> None:
         await self._end_holder(files)
-        await super()._discard(files)
+        await super().discard(files)
 
     async def delete(self, container_id: str) -> ExitStatus | None:
         await self._end_holder(self.files(container_id))
@@ -260,10 +234,10 @@ class GvisorRuntime(ConmonRuntime):
     async def stats(self, container_id: str) -> dict[str, Any]:
         """What the sandbox's kernel accounts for the container (``runsc events --stats``: one runsc call, which
         crirt makes at most once per stats collection interval)."""
-        if self.exit_status(self._own(container_id).id) is not None:
+        if self.exit_status(self.owned(container_id).id) is not None:
             raise FailedPrecondition(f"container {container_id!r} has stopped: runsc reports no stats")
         try:
-            return parse_stats_event(await self._run(container_id, "events", "--stats", container_id))
+            return parse_stats_event(await self.container_call(container_id, "events", "--stats", container_id))
         except (ValueError, TypeError, AttributeError) as exc:
             raise RuntimeFailure(f"{self.name} events --stats {container_id}: unreadable output ({exc})") from None
 
@@ -272,26 +246,20 @@ class GvisorRuntime(ConmonRuntime):
         not the host's cgroup files the conmon driver reads in one batch."""
         return await stats_of_each(self.stats, container_ids)
 
-    async def pids(self, container_id: str) -> list[int]:
-        """The host processes that run the container: gVisor runs all of a pod's processes in its sandbox
-        process, whose pid this is (the pids ``runsc ps`` shows exist only inside the sandbox)."""
-        state = await self.state(container_id)
-        return [state.pid] if state.pid > 0 else []
-
-    def _exec_flags(self, exec_dir: Path) -> list[str]:
+    def exec_flags(self, exec_dir: Path) -> list[str]:
         """runsc's ``--pid-file`` names the host ``runsc exec`` process; the process to kill on a timeout is
         the one inside the sandbox, whose pid ``--internal-pid-file`` records."""
         return ["--internal-pid-file", str(exec_dir / "internal-pid")]
 
-    async def _kill_exec(self, container_id: str, exec_dir: Path) -> None:
+    async def kill_exec(self, container_id: str, exec_dir: Path) -> None:
         """Kill the exec'd process inside the sandbox (``runsc kill --pid``), then the host side."""
         try:
             pid = int((exec_dir / "internal-pid").read_text().strip())
         except (OSError, ValueError):
             pid = 0
         if pid > 0:
-            await self._call("kill", "--pid", str(pid), container_id, "9")
-        await super()._kill_exec(container_id, exec_dir)
+            await self.runtime_call("kill", "--pid", str(pid), container_id, "9")
+        await super().kill_exec(container_id, exec_dir)
 
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         raise Unimplemented("runsc 20221219 has no 'update' command: resources of a gVisor container cannot be "

@@ -49,7 +49,7 @@ class KataShim(DelegatingShim):
     - ``env``: extra environment variables for the shim process
     """
 
-    api_version = "1.0"
+    api_version = "2.0"
     needs_infra_container = True
     """Kata makes the pod's VM for the pod's sandbox container, which the other containers then join."""
 

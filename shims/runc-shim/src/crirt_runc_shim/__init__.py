@@ -48,7 +48,7 @@ class RuncShim(DelegatingShim):
       conmon was killed (default 30)
     """
 
-    api_version = "1.0"
+    api_version = "2.0"
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         check_known(options, OPTIONS, "runc")
