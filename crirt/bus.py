@@ -1,8 +1,12 @@
 """The in-process command bus: one handler per command type, keyed serialization, events.
 
 Commands that share a lock key (the same pod, container or image) run one after another in arrival order;
-all others run concurrently. Events go to subscribers through bounded queues: a subscriber that falls
-behind is dropped (with a log line) rather than ever blocking a handler.
+all others run concurrently. A key is ``kind:id``; the owner of a kind (the container service for
+``container``) tells the bus how to turn the id a caller wrote (crictl's short ids) into the full id, so every
+lock is on one object whatever the caller wrote, and work done outside a command (a background task) takes the
+same locks through ``hold``: the bus's locks are crirt's only locks on pods and containers. Events go to
+subscribers through bounded queues: a subscriber that falls behind is dropped (with a log line) rather than
+ever blocking a handler.
 """
 
 from __future__ import annotations
@@ -104,6 +108,39 @@ class Bus:
     _handlers: dict[type[Command], Handler] = field(default_factory=dict)
     _locks: _KeyedLocks = field(default_factory=_KeyedLocks)
     _subscribers: set[Subscription] = field(default_factory=set)
+    _resolvers: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    _running: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def resolve_ids(self, kind: str, resolve: Callable[[str], str]) -> None:
+        """Let ``resolve`` map the ids in ``kind:id`` lock keys to full ids (an id it does not know: as given)."""
+        self._resolvers[kind] = resolve
+
+    def _full_key(self, key: str) -> str:
+        kind, sep, wanted = key.partition(":")
+        resolve = self._resolvers.get(kind)
+        if not sep or resolve is None:
+            return key
+        try:
+            return f"{kind}:{resolve(wanted)}"
+        except Exception:  # an ambiguous prefix: the handler reports it
+            return key
+
+    def _finished(self, work: asyncio.Task[Any]) -> None:
+        """Forget a run-to-completion handler; its failure is logged if its caller had gone."""
+        self._running.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            log.debug("a handler whose caller had gone failed: %s", work.exception())
+
+    async def finish(self, wait: float) -> None:
+        """Give run-to-completion handlers whose callers have gone up to ``wait`` seconds (at shutdown)."""
+        pending = [work for work in self._running if not work.done()]
+        if pending:
+            log.info("waiting up to %.0fs for %d teardown(s) to finish", wait, len(pending))
+            await asyncio.wait(pending, timeout=wait)
+
+    def hold(self, *keys: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The locks of ``keys`` (full ids), for work outside a command; never from a handler on its own keys."""
+        return self._locks.hold(keys)
 
     def register(self, command_type: type[C], handler: Handler) -> None:
         """Make ``handler`` the one handler of ``command_type``."""
@@ -124,9 +161,17 @@ class Bus:
         """Run a unary command through the middleware chain and its handler, under its lock keys."""
         handler = self._handler_for(command)
 
-        async def run(cmd: Command) -> Any:
-            async with self._locks.hold(cmd.lock_keys()):
+        async def locked(cmd: Command) -> Any:
+            async with self._locks.hold(tuple(self._full_key(k) for k in cmd.lock_keys())):
                 return await handler(cmd)  # type: ignore[misc]
+
+        async def run(cmd: Command) -> Any:
+            if not cmd.run_to_completion:
+                return await locked(cmd)
+            work = asyncio.ensure_future(locked(cmd))
+            self._running.add(work)
+            work.add_done_callback(self._finished)
+            return await asyncio.shield(work)
 
         call: CallNext = run
         for mw in reversed(self.middleware):

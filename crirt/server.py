@@ -39,6 +39,9 @@ from crirt.streaming.service import StreamingService
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_WAIT = 30.0
+"""Seconds crirt waits at shutdown for pod teardowns still running whose callers have gone."""
+
 
 class StartupError(Exception):
     """crirt cannot start; the message says why."""
@@ -78,13 +81,12 @@ def build_app(config: Config) -> App:
     RuntimeInfo(config, registry, metrics, store, stalls).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)
-    sandboxes = SandboxService(config, store, registry)
+    sandboxes = SandboxService(config, store, bus, registry)
     sandboxes.register(bus)
     images = ImageService(config, store)
     images.register(bus)
     containers = ContainerService(config, store, bus, registry, sandboxes, images)
     containers.register(bus)
-    sandboxes.containers = containers
     stats = StatsService(containers, registry, sandboxes, images.snapshots, config.stats)
     stats.register(bus)
     MetricsService(stats).register(bus)
@@ -179,6 +181,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         await app.streaming.close()  # ends every session: exec processes are killed, attaches detached
+        await app.bus.finish(SHUTDOWN_WAIT)  # pod teardowns whose callers went away
         await app.containers.close()
         await app.sandboxes.close()
         await app.registry.close()

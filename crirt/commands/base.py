@@ -27,6 +27,11 @@ class Command(Model):
     streaming: ClassVar[bool] = False
     """True when the RPC streams several results back."""
 
+    run_to_completion: ClassVar[bool] = False
+    """True when the work must finish even if the caller goes away (a teardown cut in half would leave a pod
+    half torn down): the handler then runs on, holding its locks, and the caller only stops waiting."""
+
     def lock_keys(self) -> tuple[str, ...]:
-        """Keys of the objects this command touches; commands sharing a key never interleave."""
+        """Keys of the objects this command touches, ``kind:id``; commands sharing a key never interleave.
+        The id is the caller's (maybe a prefix): the bus resolves it to the full id first."""
         return ()

@@ -61,6 +61,7 @@ class StopPodSandboxCommand(Command):
 
     rpc = "StopPodSandbox"
     result = StopPodSandboxResult
+    run_to_completion = True
 
     pod_sandbox_id: RequiredId
 
@@ -78,6 +79,7 @@ class RemovePodSandboxCommand(Command):
 
     rpc = "RemovePodSandbox"
     result = RemovePodSandboxResult
+    run_to_completion = True
 
     pod_sandbox_id: RequiredId
 

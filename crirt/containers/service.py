@@ -22,7 +22,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,11 @@ from crirt.commands.containers import (
     UpdateContainerResourcesCommand,
     UpdateContainerResourcesResult,
 )
+from crirt.commands.internal import KillPodContainersCommand, PodContainersResult, RemovePodContainersCommand
 from crirt.commands.runtime import GetContainerEventsCommand, GetContainerEventsResult
-from crirt.commands.sandboxes import PodSandboxStatusCommand
 from crirt.commands.streaming import ExecSyncCommand, ExecSyncResult
 from crirt.config import Config
+from crirt.containers.pods import Pods
 from crirt.containers.queries import CONTAINERS
 from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name_key
 from crirt.containers.update import merged_resources, updated_config, updated_spec
@@ -61,7 +62,6 @@ from crirt.oci.resources import linux_resources
 from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
 from crirt.oci.user import read_image_file, resolve_user
 from crirt.sandboxes.records import SandboxRecord
-from crirt.sandboxes.service import SandboxService
 from crirt.shim.contract import CreateTask, ExecProcess, ExitStatus, Shim, Stdio
 from crirt.shim.registry import ShimRegistry
 from crirt.store import Store, Table
@@ -110,25 +110,29 @@ def cap_output(stdout: bytes, stderr: bytes, limit: int = EXEC_OUTPUT_LIMIT) -> 
 class ContainerService:
     """Owns the containers: their records, root filesystems, bundles, tasks and exit watchers."""
 
-    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry, sandboxes: SandboxService,
+    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry, pods: Pods,
                  images: ImageService) -> None:
+        """``pods``: the pod sandboxes' lookups (the sandbox service); their lifecycle asks this service for its
+        part through the bus (``KillPodContainersCommand``, ``RemovePodContainersCommand``)."""
         self.config = config
         self.bus = bus
         self.registry = registry
         self.store = store
-        self.sandboxes = sandboxes
+        self.pods = pods
         self.images = images
         self.bundles = config.state / "containers"
         self.records: Table[ContainerRecord] = store.table(RECORDS, ContainerRecord)
         self.listing: Table[Container] = store.table(CONTAINERS, Container)
         self._names = {r.name_key: r.id for r in self.records}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._verbose_info: dict[str, tuple[ContainerRecord, str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self._host: HostFacts | None = None
 
     def register(self, bus: Bus) -> None:
+        bus.resolve_ids("container", self._full_id)
+        bus.register(KillPodContainersCommand, self.kill_pod_containers)
+        bus.register(RemovePodContainersCommand, self.remove_pod_containers)
         bus.register(CreateContainerCommand, self.create)
         bus.register(StartContainerCommand, self.start)
         bus.register(StopContainerCommand, self.stop)
@@ -204,7 +208,8 @@ class ContainerService:
             annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
         except (OSError, ValueError):
             return ""
-        sandbox = self.sandboxes.records.get(str(annotations.get(SANDBOX_ID_ANNOTATION, "")))
+        sandbox_id = str(annotations.get(SANDBOX_ID_ANNOTATION, ""))
+        sandbox = self.pods.find(sandbox_id) if sandbox_id else None
         return sandbox.runtime_handler if sandbox is not None else ""
 
     async def close(self) -> None:
@@ -234,12 +239,14 @@ class ContainerService:
             raise NotFound(f"container {wanted!r} not found")
         return record
 
-    def _sandbox(self, wanted: str) -> SandboxRecord | None:
-        record = self.sandboxes.records.get(wanted)
-        if record is None:
-            matches = [r for r in self.sandboxes.records if r.id.startswith(wanted)]
-            record = matches[0] if len(matches) == 1 else None
-        return record if record is not None and record.listed else None
+    def _full_id(self, wanted: str) -> str:
+        """The full id of the container ``wanted`` names (for the bus's locks); ``wanted`` if none."""
+        record = self.find(wanted)
+        return record.id if record is not None else wanted
+
+    def _held(self, container_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The bus's lock of a container, for work outside a command on it (background or pod-wide work)."""
+        return self.bus.hold(f"container:{container_id}")
 
     def _put(self, record: ContainerRecord) -> ContainerRecord:
         """Write the record (first: it is the truth), then the listing when it changed."""
@@ -253,9 +260,6 @@ class ContainerService:
         if self.listing.get(record.id) != listing:
             self.listing.put(record.id, listing)
 
-    def _lock(self, container_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(container_id, asyncio.Lock())
-
     def _host_facts(self) -> HostFacts:
         if self._host is None:
             self._host = detect_host_facts(rro_mounts=False)
@@ -265,10 +269,8 @@ class ContainerService:
         """Publish a container event with the pod's status and the statuses of the pod's containers, once the
         change it reports is on disk."""
         await self.store.flush()
-        try:
-            pod = (await self.sandboxes.status(PodSandboxStatusCommand(pod_sandbox_id=record.sandbox_id))).status
-        except CrirtError:
-            pod = None
+        sandbox = self.pods.find(record.sandbox_id)
+        pod = sandbox.status() if sandbox is not None else None
         statuses = [r.status() for r in self.records if r.sandbox_id == record.sandbox_id]
         self.bus.publish(GetContainerEventsResult(container_id=record.id, container_event_type=kind,
                                                   created_at=time.time_ns(), pod_sandbox_status=pod,
@@ -278,7 +280,7 @@ class ContainerService:
 
     async def create(self, command: CreateContainerCommand) -> CreateContainerResult:
         """Prepare the rootfs, bundle and task of a new container (not started); undo all of it on failure."""
-        sandbox = self._sandbox(command.pod_sandbox_id)
+        sandbox = self.pods.find(command.pod_sandbox_id)
         if sandbox is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
         if sandbox.state != PodSandboxState.SANDBOX_READY:
@@ -326,7 +328,7 @@ class ContainerService:
                                                          read_image_file(rootfs, "/etc/group")))
         context = security_context(config)
         user = resolve_user(context, str(image_config.get("User") or ""), passwd, group)
-        paths = self.sandboxes.paths(sandbox.id)
+        paths = self.pods.paths(sandbox.id)
         pid_ns = None
         if sandbox.infra and sandbox.infra_pid > 0:
             pid_ns = f"/proc/{sandbox.infra_pid}/ns/pid"
@@ -385,22 +387,20 @@ class ContainerService:
 
     async def start(self, command: StartContainerCommand) -> StartContainerResult:
         """Start a CREATED container and watch for its exit."""
-        found = self.get(command.container_id)
-        async with self._lock(found.id):
-            record = self.get(found.id)
-            if record.state != ContainerState.CONTAINER_CREATED:
-                raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
-            shim = self.registry.resolve(record.runtime_handler)
-            try:
-                task = await shim.start(record.id)
-            except CrirtError as exc:
-                self._put(record.model_copy(update={
-                    "state": ContainerState.CONTAINER_EXITED, "finished_at": time.time_ns(), "exit_code": 128,
-                    "reason": "StartError", "message": str(exc)}))
-                raise
-            record = self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns(),
-                                                         "pid": task.pid or record.pid}))
-            self._watch(record)
+        record = self.get(command.container_id)
+        if record.state != ContainerState.CONTAINER_CREATED:
+            raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
+        shim = self.registry.resolve(record.runtime_handler)
+        try:
+            task = await shim.start(record.id)
+        except CrirtError as exc:
+            self._put(record.model_copy(update={
+                "state": ContainerState.CONTAINER_EXITED, "finished_at": time.time_ns(), "exit_code": 128,
+                "reason": "StartError", "message": str(exc)}))
+            raise
+        record = self._put(record.model_copy(update={"state": RUNNING, "started_at": time.time_ns(),
+                                                     "pid": task.pid or record.pid}))
+        self._watch(record)
         await self._publish(record, ContainerEventType.CONTAINER_STARTED_EVENT)
         return StartContainerResult()
 
@@ -441,14 +441,15 @@ class ContainerService:
     # ---- StopContainer / RemoveContainer ------------------------------------------------------------------------
 
     async def stop(self, command: StopContainerCommand) -> StopContainerResult:
-        """Send the stop signal, wait ``timeout`` seconds, then SIGKILL. Stopping an exited container is fine."""
-        found = self.get(command.container_id)
-        async with self._lock(found.id):
-            await self._stop(found.id, float(command.timeout))
+        """Send the stop signal, wait ``timeout`` seconds, then SIGKILL. Stopping an exited or unknown container is
+        fine (as containerd 2.x: the kubelet may retry a stop after a removal)."""
+        record = self.find(command.container_id)
+        if record is not None:
+            await self._stop(record.id, float(command.timeout))
         return StopContainerResult()
 
     async def _stop(self, container_id: str, grace: float) -> None:
-        """Stop a running container (the caller holds its lock)."""
+        """Stop a running container (under its lock)."""
         record = self.records.get(container_id)
         if record is None or record.state != RUNNING:
             return
@@ -480,7 +481,7 @@ class ContainerService:
         """``_release_task`` in the background, under the container's lock, if it is still EXITED then."""
 
         async def release() -> None:
-            async with self._lock(container_id):
+            async with self._held(container_id):
                 record = self.records.get(container_id)
                 if record is not None and record.state == ContainerState.CONTAINER_EXITED:
                     await self._release_task(container_id, self.registry.resolve(handler))
@@ -497,40 +498,41 @@ class ContainerService:
         return RemoveContainerResult()
 
     async def _remove(self, container_id: str) -> None:
-        async with self._lock(container_id):
-            record = self.records.get(container_id)
-            if record is None:
-                return
-            await self._stop(container_id, 0)
-            watcher = self._watchers.pop(container_id, None)
-            if watcher is not None:
-                watcher.cancel()
-            await self.registry.resolve(record.runtime_handler).delete(container_id)
-            await self.images.snapshots.remove_rootfs(container_id)
-            await asyncio.to_thread(shutil.rmtree, record.bundle, True)
-            self.listing.delete(container_id)
-            self.records.delete(container_id)
-            self._verbose_info.pop(container_id, None)
-            if self._names.get(record.name_key) == container_id:
-                del self._names[record.name_key]
-        self._locks.pop(container_id, None)
+        """Remove a container (under its lock), killing it first if it runs."""
+        record = self.records.get(container_id)
+        if record is None:
+            return
+        await self._stop(container_id, 0)
+        watcher = self._watchers.pop(container_id, None)
+        if watcher is not None:
+            watcher.cancel()
+        await self.registry.resolve(record.runtime_handler).delete(container_id)
+        await self.images.snapshots.remove_rootfs(container_id)
+        await asyncio.to_thread(shutil.rmtree, record.bundle, True)
+        self.listing.delete(container_id)
+        self.records.delete(container_id)
+        self._verbose_info.pop(container_id, None)
+        if self._names.get(record.name_key) == container_id:
+            del self._names[record.name_key]
         await self._publish(record, ContainerEventType.CONTAINER_DELETED_EVENT)
 
-    # ---- PodContainers (for the sandbox service) ---------------------------------------------------------------
+    # ---- a pod's containers (asked by the sandbox service through the bus) -----------------------------------
 
-    async def kill_all(self, sandbox_id: str) -> None:
+    async def kill_pod_containers(self, command: KillPodContainersCommand) -> PodContainersResult:
         """Kill every running container of the pod with SIGKILL at once, as containerd's StopPodSandbox does."""
-        ids = [r.id for r in self.records if r.sandbox_id == sandbox_id and r.state == RUNNING]
-        await asyncio.gather(*(self._kill_locked(i) for i in ids))
+        ids = [r.id for r in self.records if r.sandbox_id == command.pod_sandbox_id and r.state == RUNNING]
+        await asyncio.gather(*(self._locked(i, self._stop(i, 0)) for i in ids))
+        return PodContainersResult()
 
-    async def _kill_locked(self, container_id: str) -> None:
-        async with self._lock(container_id):
-            await self._stop(container_id, 0)
-
-    async def remove_all(self, sandbox_id: str) -> None:
+    async def remove_pod_containers(self, command: RemovePodContainersCommand) -> PodContainersResult:
         """Remove every container of the pod, killing those still running."""
-        ids = [r.id for r in self.records if r.sandbox_id == sandbox_id]
-        await asyncio.gather(*(self._remove(i) for i in ids))
+        ids = [r.id for r in self.records if r.sandbox_id == command.pod_sandbox_id]
+        await asyncio.gather(*(self._locked(i, self._remove(i)) for i in ids))
+        return PodContainersResult()
+
+    async def _locked(self, container_id: str, work: Coroutine[Any, Any, None]) -> None:
+        async with self._held(container_id):
+            await work
 
     # ---- ContainerStatus / ExecSync / ReopenContainerLog / GetContainerEvents -----------------------------------
 
@@ -588,27 +590,25 @@ class ContainerService:
         has changed."""
         if command.windows is not None and command.linux is None:
             raise InvalidArgument("windows resources cannot be applied on a Linux node; send linux resources")
-        found = self.get(command.container_id)
-        async with self._lock(found.id):
-            record = self.get(found.id)
-            if record.state not in (ContainerState.CONTAINER_CREATED, RUNNING):
-                raise FailedPrecondition(f"container {record.id} is {record.state.name}: only created or running "
-                                         "containers can be updated")
-            if command.linux is None:
-                return UpdateContainerResourcesResult()
-            current = record.config.linux.resources if record.config.linux else None
-            resources = merged_resources(current, command.linux)
-            oci = linux_resources(resources, self._host_facts().cgroups)
-            spec_path = Path(record.bundle, "config.json")
-            old_text = await asyncio.to_thread(spec_path.read_text)
-            await asyncio.to_thread(_write_atomically, spec_path, json.dumps(updated_spec(json.loads(old_text), oci),
-                                                                              indent=1))
-            try:
-                await self.registry.resolve(record.runtime_handler).update(record.id, oci)
-            except BaseException:
-                await asyncio.shield(asyncio.to_thread(_write_atomically, spec_path, old_text))
-                raise
-            self._put(record.model_copy(update={"config": updated_config(record.config, resources)}))
+        record = self.get(command.container_id)
+        if record.state not in (ContainerState.CONTAINER_CREATED, RUNNING):
+            raise FailedPrecondition(f"container {record.id} is {record.state.name}: only created or running "
+                                     "containers can be updated")
+        if command.linux is None:
+            return UpdateContainerResourcesResult()
+        current = record.config.linux.resources if record.config.linux else None
+        resources = merged_resources(current, command.linux)
+        oci = linux_resources(resources, self._host_facts().cgroups)
+        spec_path = Path(record.bundle, "config.json")
+        old_text = await asyncio.to_thread(spec_path.read_text)
+        await asyncio.to_thread(_write_atomically, spec_path, json.dumps(updated_spec(json.loads(old_text), oci),
+                                                                          indent=1))
+        try:
+            await self.registry.resolve(record.runtime_handler).update(record.id, oci)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_write_atomically, spec_path, old_text))
+            raise
+        self._put(record.model_copy(update={"config": updated_config(record.config, resources)}))
         return UpdateContainerResourcesResult()
 
     async def events(self, command: GetContainerEventsCommand) -> AsyncIterator[GetContainerEventsResult]:

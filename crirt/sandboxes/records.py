@@ -16,7 +16,16 @@ from pydantic import Field
 from crirt.model.base import Model
 from crirt.model.common import LinuxContainerResources, NamespaceOption
 from crirt.model.enums import PodSandboxState
-from crirt.model.sandbox import PodSandbox, PodSandboxConfig, PodSandboxMetadata
+from crirt.model.sandbox import (
+    LinuxPodSandboxStatus,
+    Namespace,
+    PodIP,
+    PodSandbox,
+    PodSandboxConfig,
+    PodSandboxMetadata,
+    PodSandboxNetworkStatus,
+    PodSandboxStatus,
+)
 
 RECORDS = "sandbox_records"
 
@@ -79,6 +88,15 @@ class SandboxRecord(Model):
     @property
     def listed(self) -> bool:
         return self.phase not in (Phase.CREATING, Phase.LEFTOVER)
+
+    def status(self) -> PodSandboxStatus:
+        """The sandbox as PodSandboxStatus shows it."""
+        network = PodSandboxNetworkStatus(ip=self.ips[0] if self.ips else "",
+                                          additional_ips=[PodIP(ip=ip) for ip in self.ips[1:]])
+        return PodSandboxStatus(
+            id=self.id, metadata=self.config.metadata, state=self.state, created_at=self.created_at,
+            network=network, linux=LinuxPodSandboxStatus(namespaces=Namespace(options=self.namespace_options)),
+            labels=self.config.labels, annotations=self.config.annotations, runtime_handler=self.runtime_handler)
 
     def listing(self) -> PodSandbox:
         """The sandbox as ListPodSandbox shows it."""

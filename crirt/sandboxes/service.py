@@ -24,11 +24,12 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from crirt.bus import Bus
+from crirt.commands.internal import KillPodContainersCommand, RemovePodContainersCommand
 from crirt.commands.sandboxes import (
     PodSandboxStatusCommand,
     PodSandboxStatusResult,
@@ -45,19 +46,13 @@ from crirt.config import Config
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
 from crirt.model.enums import NamespaceMode
 from crirt.model.sandbox import (
-    LinuxPodSandboxStatus,
-    Namespace,
-    PodIP,
     PodSandbox,
     PodSandboxConfig,
-    PodSandboxNetworkStatus,
-    PodSandboxStatus,
 )
 from crirt.network import netns
 from crirt.network.cni import Attachment, Cni, CniError, NetworkConfig, load_network, network_problem, pod_ips
 from crirt.network.defaults import write_default_network
 from crirt.sandboxes import plumbing
-from crirt.sandboxes.containers import NoContainers, PodContainers
 from crirt.sandboxes.infra import InfraRunner
 from crirt.sandboxes.queries import SANDBOXES
 from crirt.sandboxes.records import RECORDS, Phase, PodPaths, SandboxRecord, name_key
@@ -77,27 +72,6 @@ ORPHAN_PLUGIN_WAIT = 30.0
 class CleanupError(CrirtError):
     """Tearing a sandbox down did not fully succeed; the message lists each failed step (gRPC UNKNOWN).
     Calling the same RPC again retries exactly what is left."""
-
-
-class _Locks:
-    """One FIFO lock per sandbox id, forgotten when unused (the bus keys on the id the caller wrote, which
-    may be a prefix; this lock is on the full id)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        self._users[key] = self._users.get(key, 0) + 1
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
 
 
 def _host_file(path: str) -> str:
@@ -140,25 +114,24 @@ def _unpin_all(paths: PodPaths, kinds: list[str]) -> list[str]:
 class SandboxService:
     """Owns the pod sandboxes: their records, namespaces, mounts, files, network and infra container."""
 
-    def __init__(self, config: Config, store: Store, registry: ShimRegistry,
-                 containers: PodContainers | None = None) -> None:
+    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry) -> None:
         self.config = config
         self.store = store
+        self.bus = bus
         self.registry = registry
-        self.containers: PodContainers = containers or NoContainers()
         self.cni = Cni(config.cni.bin_dirs, config.root / "cni" / "results", config.cni.plugin_timeout)
         self.infra = InfraRunner(registry, config.sandboxes.infra_binary, config.cgroup_driver)
         self.pods_dir = config.state / "pods"
         self.records: Table[SandboxRecord] = store.table(RECORDS, SandboxRecord)
         self.listing: Table[PodSandbox] = store.table(SANDBOXES, PodSandbox)
         self._names = {r.name_key: r.id for r in self.records if r.phase != Phase.LEFTOVER}
-        self._locks = _Locks()
         self._background: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._cgroups: str | None = None
         self._verbose_info: dict[str, tuple[SandboxRecord, bool, str]] = {}
 
     def register(self, bus: Bus) -> None:
+        bus.resolve_ids("sandbox", self._full_id)
         bus.register(RunPodSandboxCommand, self.run)
         bus.register(StopPodSandboxCommand, self.stop)
         bus.register(RemovePodSandboxCommand, self.remove)
@@ -212,6 +185,11 @@ class SandboxService:
         return await asyncio.shield(self._spawn(coro))
 
     # ---- lookups ------------------------------------------------------------------------------------------
+
+    def _full_id(self, wanted: str) -> str:
+        """The full id of the sandbox ``wanted`` names (for the bus's locks); ``wanted`` if none."""
+        record = self.find(wanted)
+        return record.id if record is not None else wanted
 
     def find(self, wanted: str) -> SandboxRecord | None:
         """The visible sandbox with id ``wanted`` or the one whose id starts with it (crictl's short ids)."""
@@ -356,7 +334,7 @@ class SandboxService:
     async def _undo_run(self, record: SandboxRecord) -> None:
         """Undo a failed RunPodSandbox. If some step cannot be undone now, keep a LEFTOVER record (not listed,
         name released) that the janitor and the next start retry."""
-        async with self._locks.hold(record.id):
+        async with self.bus.hold(f"sandbox:{record.id}"):
             errors = await self._teardown(record, stop_containers=False)
             try:  # even when the network could not be released: what is left of it lives in the CNI cache
                 await asyncio.to_thread(self._remove_files, record)
@@ -387,7 +365,7 @@ class SandboxService:
         paths = self.paths(record.id)
         if stop_containers:
             try:
-                await self.containers.kill_all(record.id)
+                await self._for_containers(KillPodContainersCommand(pod_sandbox_id=record.id))
             except Exception as exc:
                 errors.append(f"stopping the pod's containers: {exc}")
         if record.infra:
@@ -431,51 +409,45 @@ class SandboxService:
         """Kill the pod's containers still running (SIGKILL at once) and its infra container and release its network and
         namespaces. Stopping a stopped or unknown sandbox is fine."""
         record = self.find(command.pod_sandbox_id)
-        if record is not None:
-            await self._detached(self._stop(record.id))
+        if record is None or record.phase in (Phase.STOPPED, Phase.REMOVING, Phase.CREATING, Phase.LEFTOVER):
+            return StopPodSandboxResult()
+        record = self._put(record.model_copy(update={"phase": Phase.STOPPING}))
+        errors = await self._teardown(record)
+        if errors:
+            self._put(record.model_copy(update={"problem": "; ".join(errors)}))
+            raise CleanupError(f"stopping pod sandbox {record.id}: " + "; ".join(errors))
+        self._put(record.model_copy(update={"phase": Phase.STOPPED, "problem": "", "infra_pid": 0}))
         return StopPodSandboxResult()
-
-    async def _stop(self, sandbox_id: str) -> None:
-        async with self._locks.hold(sandbox_id):
-            record = self.records.get(sandbox_id)
-            if record is None or record.phase in (Phase.STOPPED, Phase.REMOVING, Phase.CREATING, Phase.LEFTOVER):
-                return
-            record = self._put(record.model_copy(update={"phase": Phase.STOPPING}))
-            errors = await self._teardown(record)
-            if errors:
-                self._put(record.model_copy(update={"problem": "; ".join(errors)}))
-                raise CleanupError(f"stopping pod sandbox {sandbox_id}: " + "; ".join(errors))
-            self._put(record.model_copy(update={"phase": Phase.STOPPED, "problem": "", "infra_pid": 0}))
 
     async def remove(self, command: RemovePodSandboxCommand) -> RemovePodSandboxResult:
         """Remove the pod's containers forcibly, tear down whatever is left and forget the sandbox.
         Removing an unknown sandbox is fine."""
         record = self.find(command.pod_sandbox_id)
-        if record is not None:
-            await self._detached(self._remove(record.id))
+        if record is None:
+            return RemovePodSandboxResult()
+        record = self._put(record.model_copy(update={"phase": Phase.REMOVING}))
+        errors = []
+        try:  # forcibly: stopped with SIGKILL if still running
+            await self._for_containers(RemovePodContainersCommand(pod_sandbox_id=record.id))
+        except Exception as exc:
+            errors.append(f"removing the pod's containers: {exc}")
+        errors += await self._teardown(record, stop_containers=False)
+        if not errors:
+            try:
+                await asyncio.to_thread(self._remove_files, record)
+            except (OSError, CleanupError) as exc:
+                errors.append(f"deleting the pod's files: {exc}")
+        if errors:
+            self._put(record.model_copy(update={"problem": "; ".join(errors)}))
+            raise CleanupError(f"removing pod sandbox {record.id}: " + "; ".join(errors))
+        self._forget(record)
         return RemovePodSandboxResult()
 
-    async def _remove(self, sandbox_id: str) -> None:
-        async with self._locks.hold(sandbox_id):
-            record = self.records.get(sandbox_id)
-            if record is None or record.phase in (Phase.CREATING, Phase.LEFTOVER):
-                return
-            record = self._put(record.model_copy(update={"phase": Phase.REMOVING}))
-            errors = []
-            try:
-                await self.containers.remove_all(sandbox_id)  # forcibly: stopped with SIGKILL if still running
-            except Exception as exc:
-                errors.append(f"removing the pod's containers: {exc}")
-            errors += await self._teardown(record, stop_containers=False)
-            if not errors:
-                try:
-                    await asyncio.to_thread(self._remove_files, record)
-                except (OSError, CleanupError) as exc:
-                    errors.append(f"deleting the pod's files: {exc}")
-            if errors:
-                self._put(record.model_copy(update={"problem": "; ".join(errors)}))
-                raise CleanupError(f"removing pod sandbox {sandbox_id}: " + "; ".join(errors))
-            self._forget(record)
+    async def _for_containers(self, command: KillPodContainersCommand | RemovePodContainersCommand) -> None:
+        """Ask the container service, through the bus, to deal with the pod's containers (nothing to do when no
+        service handles containers)."""
+        if self.bus.handles(type(command)):
+            await self.bus.dispatch(command)
 
     # ---- PodSandboxStatus / UpdatePodSandboxResources --------------------------------------------------------
 
@@ -483,15 +455,8 @@ class SandboxService:
         record = self.find(command.pod_sandbox_id)
         if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
-        network = PodSandboxNetworkStatus(ip=record.ips[0] if record.ips else "",
-                                          additional_ips=[PodIP(ip=ip) for ip in record.ips[1:]])
-        status = PodSandboxStatus(
-            id=record.id, metadata=record.config.metadata, state=record.state, created_at=record.created_at,
-            network=network, linux=LinuxPodSandboxStatus(namespaces=Namespace(options=record.namespace_options)),
-            labels=record.config.labels, annotations=record.config.annotations,
-            runtime_handler=record.runtime_handler)
         info = {"info": await self._verbose_json(record)} if command.verbose else {}
-        return PodSandboxStatusResult(status=status, info=info, timestamp=time.time_ns())
+        return PodSandboxStatusResult(status=record.status(), info=info, timestamp=time.time_ns())
 
     async def _verbose_json(self, record: SandboxRecord) -> str:
         """The verbose info as JSON, made once per version of the record and state of its infra process."""
@@ -534,15 +499,11 @@ class SandboxService:
     async def update_resources(self, command: UpdatePodSandboxResourcesCommand) -> UpdatePodSandboxResourcesResult:
         """Record the pod's new resources and overhead. The kubelet resizes the pod cgroup itself; crirt
         keeps the values for status and for containers created later."""
-        found = self.find(command.pod_sandbox_id)
-        if found is None:
+        record = self.find(command.pod_sandbox_id)
+        if record is None:
             raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
-        async with self._locks.hold(found.id):
-            record = self.records.get(found.id)
-            if record is None or not record.listed:
-                raise NotFound(f"pod sandbox {command.pod_sandbox_id!r} not found")
-            self._put(record.model_copy(update={"resources": command.resources or record.resources,
-                                                "overhead": command.overhead or record.overhead}))
+        self._put(record.model_copy(update={"resources": command.resources or record.resources,
+                                            "overhead": command.overhead or record.overhead}))
         return UpdatePodSandboxResourcesResult()
 
     # ---- recovery and the janitor ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from crirt.bus import Bus, BusError, MetricsMiddleware, SubscriberDropped
 from crirt.commands.containers import ContainerStatusCommand, StartContainerCommand
 from crirt.commands.runtime import VersionCommand, VersionResult
+from crirt.commands.sandboxes import StopPodSandboxCommand, UpdatePodSandboxResourcesCommand
 from crirt.model.base import Model
 
 
@@ -60,6 +61,59 @@ def test_commands_on_the_same_object_never_interleave_others_run_concurrently() 
     a_events = [e for e in log if e.endswith(" a")]
     assert a_events == ["begin a", "end a", "begin a", "end a"]
     assert log.index("begin b") < log.index("end a")
+
+
+def test_a_prefix_and_the_full_id_share_one_lock_which_background_work_takes_too() -> None:
+    log: list[str] = []
+
+    async def scenario() -> None:
+        bus = Bus()
+        bus.resolve_ids("container", lambda wanted: "abcdef" if "abcdef".startswith(wanted) else wanted)
+
+        async def start(cmd: StartContainerCommand) -> None:
+            log.append(f"begin {cmd.container_id}")
+            await asyncio.sleep(0.05)
+            log.append(f"end {cmd.container_id}")
+
+        async def background() -> None:
+            await asyncio.sleep(0.01)
+            async with bus.hold("container:abcdef"):
+                log.append("background")
+
+        bus.register(StartContainerCommand, start)
+        await asyncio.gather(bus.dispatch(StartContainerCommand(container_id="abc")),
+                             background(), bus.dispatch(StartContainerCommand(container_id="abcdef")))
+
+    run(scenario())
+    assert log == ["begin abc", "end abc", "begin abcdef", "end abcdef", "background"]  # one queue, in order
+
+
+def test_a_run_to_completion_command_finishes_and_keeps_its_lock_when_its_caller_goes() -> None:
+    log: list[str] = []
+
+    async def scenario() -> None:
+        bus = Bus()
+
+        async def stop(cmd: StopPodSandboxCommand) -> None:
+            log.append("teardown begins")
+            await asyncio.sleep(0.1)
+            log.append("teardown ends")
+
+        async def update(cmd: UpdatePodSandboxResourcesCommand) -> None:
+            log.append("update")
+
+        bus.register(StopPodSandboxCommand, stop)
+        bus.register(UpdatePodSandboxResourcesCommand, update)
+        caller = asyncio.ensure_future(bus.dispatch(StopPodSandboxCommand(pod_sandbox_id="p")))
+        await asyncio.sleep(0.02)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await bus.dispatch(UpdatePodSandboxResourcesCommand(pod_sandbox_id="p"))  # waits for the teardown
+        await bus.finish(1)
+
+    run(scenario())
+    assert log == ["teardown begins", "teardown ends", "update"]
 
 
 def test_status_queries_are_not_blocked_by_a_slow_command_on_the_same_container() -> None:
