@@ -150,8 +150,6 @@ def test_malformed_archives(tmp_path: Path) -> None:
     broken_sum[0] ^= 1
     cases = {
         "checksum mismatch": bytes(broken_sum),
-        "truncated": good[:1200],
-        "without an end-of-archive marker": good[:512 * 5],
         "sparse": _with_type(good, b"S"),
         "unsupported tar entry type": _with_type(good, b"V"),
     }
@@ -159,6 +157,63 @@ def test_malformed_archives(tmp_path: Path) -> None:
         target = tmp_path / message.replace(" ", "-")
         with pytest.raises(FailedPrecondition, match=message):
             run(data, target)
+
+
+def _gnu_long_name(name: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo(name))
+    return buffer.getvalue()
+
+
+_FILE = LayerTar().file("f", b"x" * 2000).dir("d").bytes()  # f: header at 0, data 512-2512, padding to 2560
+_PAX = LayerTar().file("p", b"", xattrs={"user.k": "v"}).bytes()  # pax header 0-1024, then p's header
+_LONG = _gnu_long_name("l" * 150)  # GNU long name header 0-1024, then the entry's header
+
+# Where Go's archive/tar (so containerd) ends an archive cleanly: at the end-of-archive blocks, at a member
+# boundary, or anywhere in the last member's padding (missing padding is how umoci ends some layers).
+ENDINGS = {
+    "end-of-archive blocks": (_FILE, ["d", "f"]),
+    "one zero block": (_FILE[:3072 + 512], ["d", "f"]),
+    "member boundary": (_FILE[:3072], ["d", "f"]),
+    "after the data, without padding": (_FILE[:2512], ["f"]),
+    "inside the padding": (_FILE[:2520], ["f"]),
+    "empty stream": (b"", []),
+}
+TRUNCATIONS = {
+    "inside a file's data": (_FILE[:1200], r"inside the data of entry 'f' \(1312 of 2000 bytes missing\)"),
+    "inside a header": (_FILE[:2560 + 100], r"inside a header \(100 of 512 bytes\)"),
+    "inside the first header": (_FILE[:511], r"inside a header \(511 of 512 bytes\)"),
+    "inside a pax header": (_PAX[:515], r"inside a pax header \(\d+ of \d+ bytes missing\)"),
+    "after a pax header": (_PAX[:1024], "after a pax header, before the entry it describes"),
+    "after a GNU long name": (_LONG[:1024], "after a GNU long name, before the entry it describes"),
+}
+
+
+@pytest.mark.parametrize("size", [1, 100, 777, 1 << 20])
+@pytest.mark.parametrize("case", list(ENDINGS))
+def test_where_an_archive_may_end(tmp_path: Path, case: str, size: int) -> None:
+    data, names = ENDINGS[case]
+    assert run(data, tmp_path / "layer", size=size) == len(names)
+    assert sorted(os.listdir(tmp_path / "layer")) == names
+    if "f" in names:
+        assert (tmp_path / "layer/f").read_bytes() == b"x" * 2000
+
+
+@pytest.mark.parametrize("size", [1, 777])
+@pytest.mark.parametrize("case", list(TRUNCATIONS))
+def test_truncated_archives_are_refused(tmp_path: Path, case: str, size: int) -> None:
+    data, message = TRUNCATIONS[case]
+    with pytest.raises(FailedPrecondition, match=message):
+        run(data, tmp_path / "layer", size=size)
+
+
+def test_truncated_data_is_noticed_when_the_caller_skips_it() -> None:
+    reader = TarReader(chunks(_FILE[:1200]))
+    entries = reader.entries()
+    assert next(entries).name == "f"
+    with pytest.raises(FailedPrecondition, match="inside the data of entry 'f'"):
+        next(entries)
 
 
 def _with_type(tar: bytes, kind: bytes) -> bytes:
