@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from support.images import MTIME, Catalog, StartDaemon
+from support.images import ESCAPE, MTIME, Catalog, StartDaemon
 
 from crirt.images.snapshots import SnapshotStore
 
@@ -81,3 +81,13 @@ def test_rootfs_api_and_removing_an_image_in_use(crirt_daemon: StartDaemon, conn
     assert not (daemon.root / "rootfs" / "c1").exists() and not os.path.ismount(merged)
     crirt_daemon(name="same")  # the start-up collection finds the layers unused now
     assert not any(p.exists() for p in layers)
+
+
+def test_absolute_names_land_inside_the_layer(crirt_daemon: StartDaemon, connect, catalog: Catalog) -> None:
+    client = connect(crirt_daemon())
+    client.pull(catalog["absolute"])
+    _, layer = _chain_dirs(client, catalog["absolute"])
+    inside = layer / ESCAPE.lstrip("/")
+    assert inside.read_bytes() == b"inside\n" and os.lstat(layer / "tmp/hard").st_ino == os.lstat(inside).st_ino
+    assert stat.S_IMODE(os.lstat(layer).st_mode) == 0o755  # the "/" entry (0700) is skipped, as in containerd
+    assert not os.path.lexists(ESCAPE)

@@ -103,17 +103,37 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(tmp_path / "d").st_mode) == 0o700
 
 
+@ROOT_ONLY
+def test_absolute_names_are_relative_to_the_layer_root_and_root_entries_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "layer"
+    root.mkdir(mode=0o755)
+    before = os.lstat(root)
+    layer = (LayerTar().dir("/", mode=0o700, uid=5).dir("./", mode=0o777).dir("/bin")
+             .file("/bin/busybox", b"bb", mode=0o755).symlink("/bin/sh", "/bin/busybox")
+             .hardlink("/bin/hard", "/bin/busybox", mode=0o755).file("//etc/./passwd", b"root")
+             .whiteout("/etc/shadow"))
+    assert run(layer.bytes(), root) == 8
+    assert (root / "bin/busybox").read_bytes() == b"bb" and (root / "etc/passwd").read_bytes() == b"root"
+    assert os.readlink(root / "bin/sh") == "/bin/busybox"  # symlink targets are kept as written
+    assert os.lstat(root / "bin/hard").st_ino == os.lstat(root / "bin/busybox").st_ino
+    assert stat.S_ISCHR(os.lstat(root / "etc/shadow").st_mode)
+    after = os.lstat(root)  # like containerd, the root entries change nothing
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer"]
+
+
 HOSTILE = {
     "dotdot": (LayerTar().file("../escaped", b"x"), "contains '..'"),
     "nested dotdot": (LayerTar().dir("a").file("a/../../escaped", b"x"), "contains '..'"),
-    "absolute": (LayerTar().file("/escaped", b"x"), "absolute path"),
+    "absolute dotdot": (LayerTar().file("/../escaped", b"x"), "contains '..'"),
     "write through symlink": (LayerTar().symlink("link", "..").file("link/escaped", b"x"),
                               "goes through the symlink 'link'"),
     "dir through symlink": (LayerTar().symlink("link", "/").dir("link/escaped"), "goes through the symlink"),
     "whiteout through symlink": (LayerTar().symlink("link", "..").whiteout("link/escaped"),
                                  "goes through the symlink"),
     "hardlink outside": (LayerTar().hardlink("h", "../escaped"), "contains '..'"),
-    "hardlink absolute": (LayerTar().hardlink("h", "/etc/hostname"), "absolute path"),
+    "hardlink absolute": (LayerTar().hardlink("h", "/etc/hostname"), "'etc', which this layer does not contain"),
+    "hardlink absolute dotdot": (LayerTar().file("f", b"x").hardlink("h", "/../../f"), "contains '..'"),
     "hardlink to nothing": (LayerTar().hardlink("h", "nothing"), "does not contain"),
     "hardlink through symlink": (LayerTar().symlink("l", "/etc").hardlink("h", "l/hostname"),
                                  "goes through the symlink 'l'"),
@@ -234,7 +254,11 @@ def test_pax_records() -> None:
 
 def test_entry_parts() -> None:
     assert entry_parts("./a//b/./c/") == ("a", "b", "c")
-    assert entry_parts("./") == ()
+    assert entry_parts("/bin/sh") == entry_parts("//bin/./sh") == ("bin", "sh")
+    assert entry_parts("./") == entry_parts("/") == entry_parts(".") == ()
+    for name in ("..", "/..", "/../etc/passwd", "a/../b"):
+        with pytest.raises(FailedPrecondition, match=r"contains '\.\.'"):
+            entry_parts(name)
 
 
 def test_disk_usage_counts_hardlinks_once(tmp_path: Path) -> None:
