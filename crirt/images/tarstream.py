@@ -110,7 +110,7 @@ class TarReader:
         self._what = ""  # what the current data is, for messages: "the data of entry 'x'", "a pax header"
         self._size = 0
         self._data_left = 0  # unread data of the current entry (or of a pax/GNU header's payload)
-        self._padding = 0  # the zeros that follow it up to the next block
+        self._padding = 0  # the bytes after it up to the next block boundary (not checked)
 
     def _fill(self, wanted: int) -> bool:
         """Make at least ``wanted`` bytes available in the buffer; False at the end of the stream."""
