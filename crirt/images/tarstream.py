@@ -5,12 +5,18 @@ numbers) and refuses the rest (sparse files, multi-volume archives) with a messa
 verified and every length is bounded, so a hostile archive can neither make the reader hold much memory nor
 send it into a slow path. The reader pulls decompressed chunks from an iterator; file data is handed out
 in the chunks it arrived in, without copying it into a buffer first.
+
+The end of the archive is accepted where Go's archive/tar (so containerd) accepts it: at the end-of-archive
+blocks, or when the stream simply ends at a member boundary or inside the last member's padding (umoci
+writes such layers). A stream that ends inside a header, inside a member's data, or between a pax or GNU
+long-name header and the member it describes is truncated, and refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from crirt.errors import FailedPrecondition
 
@@ -101,8 +107,10 @@ class TarReader:
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._buffer = memoryview(b"")
-        self._pending = 0  # unread data + padding of the current entry
-        self._data_left = 0
+        self._what = ""  # what the current data is, for messages: "the data of entry 'x'", "a pax header"
+        self._size = 0
+        self._data_left = 0  # unread data of the current entry (or of a pax/GNU header's payload)
+        self._padding = 0  # the bytes after it up to the next block boundary (not checked)
 
     def _fill(self, wanted: int) -> bool:
         """Make at least ``wanted`` bytes available in the buffer; False at the end of the stream."""
@@ -120,52 +128,66 @@ class TarReader:
             self._buffer = memoryview(b"".join(parts))
         return have >= wanted
 
-    def _take(self, size: int) -> bytes:
-        if len(self._buffer) < size and not self._fill(size):
-            raise FailedPrecondition(f"tar archive truncated: wanted {size} bytes, {len(self._buffer)} left")
-        taken = bytes(self._buffer[:size])
-        self._buffer = self._buffer[size:]
-        return taken
-
-    def _skip(self, size: int) -> None:
-        while size:
-            if not self._buffer and not self._fill(1):
-                raise FailedPrecondition("tar archive truncated inside an entry")
-            step = min(size, len(self._buffer))
-            self._buffer = self._buffer[step:]
-            size -= step
+    def _truncated(self, missing: int) -> NoReturn:
+        raise FailedPrecondition(f"tar archive truncated inside {self._what} ({missing} of {self._size} bytes "
+                                 "missing)")
 
     def data(self) -> Iterator[memoryview]:
         """The unread bytes of the current entry, in the pieces they arrive in."""
         while self._data_left:
             if not self._buffer and not self._fill(1):
-                raise FailedPrecondition("tar archive truncated inside a file's data")
+                self._truncated(self._data_left)
             step = min(self._data_left, len(self._buffer))
             piece = self._buffer[:step]
             self._buffer = self._buffer[step:]
             self._data_left -= step
-            self._pending -= step
             yield piece
+
+    def _skip_padding(self) -> bool:
+        """Skip the current entry's padding; False if the stream ends first (which ends the archive)."""
+        while self._padding:
+            if not self._buffer and not self._fill(1):
+                return False
+            step = min(self._padding, len(self._buffer))
+            self._buffer = self._buffer[step:]
+            self._padding -= step
+        return True
+
+    def _start(self, what: str, size: int) -> None:
+        """``size`` bytes of ``what`` come next, then padding up to the next block."""
+        self._what, self._size, self._data_left, self._padding = what, size, size, -size % BLOCK
 
     def _payload(self, size: int, limit: int, what: str) -> bytes:
         if size > limit:
             raise FailedPrecondition(f"{what} of {size} bytes exceeds the {limit}-byte limit")
-        data = self._take(size)
-        self._skip(-size % BLOCK)
-        return data
+        self._start(f"a {what}", size)
+        return b"".join(self.data())
+
+    def _header(self, described: str | None) -> bytes | None:
+        """The next header block, or None where the archive may end (``described``: a pending pax/GNU header)."""
+        for _ in self.data():  # data the caller left unread
+            pass
+        at_end = not self._skip_padding() or (not self._buffer and not self._fill(1))
+        if at_end and described is not None:
+            raise FailedPrecondition(f"tar archive truncated after a {described}, before the entry it describes")
+        if at_end:
+            return None
+        if len(self._buffer) < BLOCK and not self._fill(BLOCK):
+            raise FailedPrecondition(f"tar archive truncated inside a header ({len(self._buffer)} of {BLOCK} "
+                                     "bytes)")
+        header = bytes(self._buffer[:BLOCK])
+        self._buffer = self._buffer[BLOCK:]
+        return header
 
     def entries(self) -> Iterator[TarEntry]:
         """Each member in archive order, with pax and GNU long-name headers already applied."""
         global_pax: dict[str, bytes] = {}
         local_pax: dict[str, bytes] = {}
         long_name = long_link = None
+        described: str | None = None  # the pax or GNU header waiting for its entry
         while True:
-            self._skip(self._pending)
-            self._pending = self._data_left = 0
-            if not self._buffer and not self._fill(BLOCK):
-                raise FailedPrecondition("tar archive ends without an end-of-archive marker")
-            header = self._take(BLOCK)
-            if header == b"\0" * BLOCK:
+            header = self._header(described)
+            if header is None or header == b"\0" * BLOCK:
                 return
             self._check_sum(header)
             kind = _REGULAR_ALIASES.get(chr(header[156]), chr(header[156]))
@@ -174,6 +196,7 @@ class TarReader:
                 raise FailedPrecondition("negative size in tar header")
             if kind == "x":
                 local_pax.update(parse_pax(self._payload(size, MAX_PAX_SIZE, "pax header")))
+                described = "pax header"
                 continue
             if kind == "g":
                 global_pax.update(parse_pax(self._payload(size, MAX_PAX_SIZE, "pax global header")))
@@ -181,15 +204,15 @@ class TarReader:
             if kind in ("L", "K"):
                 value = _cstring(self._payload(size, MAX_NAME_BYTES, "GNU long name"))
                 long_name, long_link = (value, long_link) if kind == "L" else (long_name, value)
+                described = "GNU long name"
                 continue
             if kind not in _TYPES:
                 raise FailedPrecondition(f"unsupported tar entry type {kind!r} (sparse, multi-volume and vendor "
                                "entries are refused)")
             entry = self._entry(header, kind, size, {**global_pax, **local_pax}, long_name, long_link)
-            local_pax, long_name, long_link = {}, None, None
+            local_pax, long_name, long_link, described = {}, None, None, None
             # Like Go's and Python's readers: links, directories and devices carry no data, whatever their size.
-            self._data_left = entry.size
-            self._pending = entry.size + (-entry.size % BLOCK)
+            self._start(f"the data of entry {entry.name!r}", entry.size)
             yield entry
 
     @staticmethod

@@ -2,11 +2,16 @@
 
 Every refusal is a ``FailedPrecondition`` (``ResourceExhausted`` for limits) naming the entry.
 
-Safety: every entry name is relative and free of ``..``; no symlink is ever followed (a parent directory
-must be a real directory created or checked by this unpack, so ``link -> /etc`` followed by ``link/passwd``
-is refused); hard links must point at a non-directory already unpacked in this same layer; overlayfs'
-own ``trusted.overlay.*`` attributes are refused; the number of entries is capped. Only this thread writes
-into the (private, not yet published) directory, so checking a path and then using it is race-free.
+Names: as in containerd, an absolute name (``/bin/sh``, as umoci writes) is relative to the layer's root, and
+an entry for the root itself (``/``, ``./``) is skipped: the layer's root directory is never shown in a
+container (the writable layer's own root is), so its metadata has nowhere to go.
+
+Safety: no name may contain ``..``; no symlink is ever followed (a parent directory must be a real
+directory created or checked by this unpack, so ``link -> /etc`` followed by ``link/passwd`` is refused);
+hard links must point at a non-directory already unpacked in this same layer (an absolute target is
+relative to the layer's root too); overlayfs' own ``trusted.overlay.*`` attributes are refused; the number of
+entries is capped. Only this thread writes into the (private, not yet published) directory, so checking a
+path and then using it is race-free.
 
 Overlay form: an OCI whiteout ``dir/.wh.name`` becomes a 0:0 character device ``dir/name``; the opaque
 marker ``dir/.wh..wh..opq`` becomes the ``trusted.overlay.opaque=y`` attribute on ``dir``. Whiteouts only
@@ -53,9 +58,8 @@ T = TypeVar("T")
 
 
 def entry_parts(name: str) -> Parts:
-    """The path components of an entry name; absolute names and ``..`` are refused, ``./`` is dropped."""
-    if name.startswith("/"):
-        raise FailedPrecondition(f"entry {name!r} has an absolute path")
+    """The path components of an entry name below the layer's root (a leading ``/`` and ``.`` components
+    are dropped); ``..`` is refused, whether or not it would leave the root."""
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise FailedPrecondition(f"entry {name!r} contains '..'")
@@ -104,7 +108,6 @@ class Extractor:
         if not parts:
             if entry.type != DIRECTORY:
                 raise FailedPrecondition(f"entry {entry.name!r} would replace the layer's root with a non-directory")
-            self._set_dir(parts, entry)
             return
         self._parent_dirs(parts[:-1], entry.name)
         path = self.path(parts)
@@ -187,10 +190,6 @@ class Extractor:
                     # Deleted, then made again in this layer: nothing of the lower directory may show through.
                     os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
         self._dirs.add(parts)
-        self._set_dir(parts, entry)
-
-    def _set_dir(self, parts: Parts, entry: TarEntry) -> None:
-        path = self.path(parts)
         os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
         os.chmod(path, entry.mode)
         self._xattrs(path, entry)

@@ -264,6 +264,11 @@ class Client:
     def remove(self, image: str) -> None:
         self.stub.RemoveImage(self.pb.RemoveImageRequest(image=self.pb.ImageSpec(image=image)))
 
+    def snapshot_dirs(self, image: str) -> list[Path]:
+        """The unpacked layer directories of a pulled image, bottom first."""
+        info = json.loads(self.status(image, verbose=True).info["info"])
+        return [self.daemon.root / "images" / "snapshots" / layer["chain_id"][7:] for layer in info["layers"]]
+
     def leftovers(self) -> set[str]:
         """Every blob, snapshot and half-written thing under the image store (the empty skeleton aside)."""
         root = self.daemon.root / "images"

@@ -1,5 +1,6 @@
 """What a container sees and how it ends, on real runc through the CRI: the pod's localhost, memory limits and
-the OOM killer, a read-only rootfs, users and groups, environment and working directory, argv, exit codes."""
+the OOM killer, a read-only rootfs, users and groups, environment and working directory, argv, exit codes, and
+an image whose layers umoci wrote."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from support.config_images import WORKDIR, publish_config_images
+from support.images import push
 from support.network import runc_shim_installed, wait_until
+from support.umoci import GREETING, MOTD, OUTPUT, TAG, build
 
 from .conftest import ContainerEnv
 
@@ -362,3 +365,26 @@ def test_exec_sync_timeout_kills_the_process_and_signals_give_128_plus_n(pods: P
     assert reply.exit_code == 0 and b"sleep 1000" in reply.stdout and b"sleep 77" not in reply.stdout, reply
     assert pods.sh(container, "kill -TERM $$").exit_code == 128 + 15
     assert pods.status(container).state == pods.pb.CONTAINER_RUNNING
+
+
+# ---- 8. an image built by umoci ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def umoci_image(env: ContainerEnv, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``support.umoci``'s image (layers ending without end-of-archive blocks, a root named "/"), pushed, pulled."""
+    reference = f"{env.image.split('/', 1)[0]}/umoci/busybox:1"
+    push(build(tmp_path_factory.mktemp("umoci")), TAG, reference)
+    env.images.PullImage(env.pb.PullImageRequest(image=env.pb.ImageSpec(image=reference)), timeout=60)
+    return reference
+
+
+def test_an_image_built_by_umoci_runs(pods: Pods, umoci_image: str) -> None:
+    pod = pods.pod()
+    default = pods.run(pod, "umoci", image=umoci_image)  # the image's Entrypoint and Cmd
+    done = pods.exited(default)
+    assert (done.exit_code, done.reason, pods.stdout(default)) == (0, "Completed", OUTPUT)
+    failing = pods.run(pod, "umoci-fails", image=umoci_image,
+                       args=["sh", "-c", "cat /etc/motd /etc/greeting; ls /etc/old /etc/group; exit 3"])
+    done = pods.exited(failing)
+    assert (done.exit_code, done.reason) == (3, "Error")
+    assert pods.stdout(failing) == (MOTD + GREETING).decode()  # and the whiteouts hide /etc/old and /etc/group

@@ -75,7 +75,7 @@ def _hostile_layers() -> dict[str, LayerTar]:
     escape = ESCAPE.lstrip("/")
     return {
         "dotdot": LayerTar().file("ok", b"fine").file("../" * 12 + escape, b"pwned"),
-        "absolute": LayerTar().file(ESCAPE, b"pwned"),
+        "absolute-dotdot": LayerTar().file("/" + "../" * 12 + escape, b"pwned"),
         "symlink": LayerTar().symlink("evil", "/tmp").file(f"evil/{Path(ESCAPE).name}", b"pwned"),
         "symlink-relative": LayerTar().dir("d").symlink("d/up", "../" * 12 + "tmp").file(
             f"d/up/{Path(ESCAPE).name}", b"pwned"),
@@ -111,6 +111,11 @@ def _build(registry: Registry, layout_dir: Path) -> Catalog:
                                         architecture=a, variant=v) for a, v in arches}
     publish("multiarch", layout.index(list(per_arch.values())), "library/multiarch:1")
     catalog.facts["multiarch"] = per_arch
+    # Absolute names, as umoci writes them, are relative to the layer's root: this one stays inside it.
+    absolute = (LayerTar().dir("/", mode=0o700).dir("/tmp", mode=0o1777).file(ESCAPE, b"inside\n")
+                .hardlink("/tmp/hard", ESCAPE))
+    publish("absolute", layout.image([(busybox_layer().bytes(), "gzip"), (absolute.bytes(), "gzip")]),
+            "tools/absolute:1")
     for case, layer in _hostile_layers().items():
         publish(f"hostile-{case}", layout.image([(busybox_layer().bytes(), "gzip"), (layer.bytes(), "gzip")]),
                 f"hostile/{case}:1")

@@ -22,7 +22,7 @@ CODE = grpc.StatusCode
 
 LAYER_CASES = {
     "dotdot": (CODE.FAILED_PRECONDITION, "contains '..'"),
-    "absolute": (CODE.FAILED_PRECONDITION, "absolute path"),
+    "absolute-dotdot": (CODE.FAILED_PRECONDITION, "contains '..'"),
     "symlink": (CODE.FAILED_PRECONDITION, "goes through the symlink 'evil'"),
     "symlink-relative": (CODE.FAILED_PRECONDITION, "goes through the symlink 'd/up'"),
     "hardlink": (CODE.FAILED_PRECONDITION, "contains '..'"),

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 import subprocess
 from pathlib import Path
 
-from support.images import MTIME, Catalog, StartDaemon
+from support.images import ESCAPE, MTIME, Catalog, StartDaemon
 
 from crirt.images.snapshots import SnapshotStore
-
-
-def _chain_dirs(client, image: str) -> list[Path]:
-    info = json.loads(client.status(image, verbose=True).info["info"])
-    return [client.daemon.root / "images" / "snapshots" / layer["chain_id"][7:] for layer in info["layers"]]
 
 
 def test_layers_keep_metadata_and_become_overlay_layers(crirt_daemon: StartDaemon, connect, catalog: Catalog) -> None:
     client = connect(crirt_daemon())
     client.pull(catalog["multi"])
-    base, second, third = _chain_dirs(client, catalog["multi"])
+    base, second, third = client.snapshot_dirs(catalog["multi"])
 
     busybox = os.lstat(base / "bin/busybox")
     assert stat.S_IMODE(busybox.st_mode) == 0o755 and busybox.st_size == Path("/bin/busybox").stat().st_size
@@ -53,7 +47,7 @@ def test_rootfs_api_and_removing_an_image_in_use(crirt_daemon: StartDaemon, conn
     daemon = crirt_daemon(name="same")
     client = connect(daemon)
     image_id = client.pull(catalog["multi"])
-    layers = _chain_dirs(client, image_id)
+    layers = client.snapshot_dirs(image_id)
     chain_ids = [f"sha256:{p.name}" for p in layers]
     # A container's rootfs made beside the running daemon (a restart would remove it: no container owns it).
     store = SnapshotStore(daemon.root / "images" / "snapshots", daemon.root / "rootfs")
@@ -81,3 +75,13 @@ def test_rootfs_api_and_removing_an_image_in_use(crirt_daemon: StartDaemon, conn
     assert not (daemon.root / "rootfs" / "c1").exists() and not os.path.ismount(merged)
     crirt_daemon(name="same")  # the start-up collection finds the layers unused now
     assert not any(p.exists() for p in layers)
+
+
+def test_absolute_names_land_inside_the_layer(crirt_daemon: StartDaemon, connect, catalog: Catalog) -> None:
+    client = connect(crirt_daemon())
+    client.pull(catalog["absolute"])
+    _, layer = client.snapshot_dirs(catalog["absolute"])
+    inside = layer / ESCAPE.lstrip("/")
+    assert inside.read_bytes() == b"inside\n" and os.lstat(layer / "tmp/hard").st_ino == os.lstat(inside).st_ino
+    assert stat.S_IMODE(os.lstat(layer).st_mode) == 0o755  # the "/" entry (0700) is skipped, as in containerd
+    assert not os.path.lexists(ESCAPE)

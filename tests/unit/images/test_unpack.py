@@ -103,17 +103,37 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(tmp_path / "d").st_mode) == 0o700
 
 
+@ROOT_ONLY
+def test_absolute_names_are_relative_to_the_layer_root_and_root_entries_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "layer"
+    root.mkdir(mode=0o755)
+    before = os.lstat(root)
+    layer = (LayerTar().dir("/", mode=0o700, uid=5).dir("./", mode=0o777).dir("/bin")
+             .file("/bin/busybox", b"bb", mode=0o755).symlink("/bin/sh", "/bin/busybox")
+             .hardlink("/bin/hard", "/bin/busybox", mode=0o755).file("//etc/./passwd", b"root")
+             .whiteout("/etc/shadow"))
+    assert run(layer.bytes(), root) == 8
+    assert (root / "bin/busybox").read_bytes() == b"bb" and (root / "etc/passwd").read_bytes() == b"root"
+    assert os.readlink(root / "bin/sh") == "/bin/busybox"  # symlink targets are kept as written
+    assert os.lstat(root / "bin/hard").st_ino == os.lstat(root / "bin/busybox").st_ino
+    assert stat.S_ISCHR(os.lstat(root / "etc/shadow").st_mode)
+    after = os.lstat(root)  # like containerd, the root entries change nothing
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer"]
+
+
 HOSTILE = {
     "dotdot": (LayerTar().file("../escaped", b"x"), "contains '..'"),
     "nested dotdot": (LayerTar().dir("a").file("a/../../escaped", b"x"), "contains '..'"),
-    "absolute": (LayerTar().file("/escaped", b"x"), "absolute path"),
+    "absolute dotdot": (LayerTar().file("/../escaped", b"x"), "contains '..'"),
     "write through symlink": (LayerTar().symlink("link", "..").file("link/escaped", b"x"),
                               "goes through the symlink 'link'"),
     "dir through symlink": (LayerTar().symlink("link", "/").dir("link/escaped"), "goes through the symlink"),
     "whiteout through symlink": (LayerTar().symlink("link", "..").whiteout("link/escaped"),
                                  "goes through the symlink"),
     "hardlink outside": (LayerTar().hardlink("h", "../escaped"), "contains '..'"),
-    "hardlink absolute": (LayerTar().hardlink("h", "/etc/hostname"), "absolute path"),
+    "hardlink absolute": (LayerTar().hardlink("h", "/etc/hostname"), "'etc', which this layer does not contain"),
+    "hardlink absolute dotdot": (LayerTar().file("f", b"x").hardlink("h", "/../../f"), "contains '..'"),
     "hardlink to nothing": (LayerTar().hardlink("h", "nothing"), "does not contain"),
     "hardlink through symlink": (LayerTar().symlink("l", "/etc").hardlink("h", "l/hostname"),
                                  "goes through the symlink 'l'"),
@@ -150,8 +170,6 @@ def test_malformed_archives(tmp_path: Path) -> None:
     broken_sum[0] ^= 1
     cases = {
         "checksum mismatch": bytes(broken_sum),
-        "truncated": good[:1200],
-        "without an end-of-archive marker": good[:512 * 5],
         "sparse": _with_type(good, b"S"),
         "unsupported tar entry type": _with_type(good, b"V"),
     }
@@ -159,6 +177,63 @@ def test_malformed_archives(tmp_path: Path) -> None:
         target = tmp_path / message.replace(" ", "-")
         with pytest.raises(FailedPrecondition, match=message):
             run(data, target)
+
+
+def _gnu_long_name(name: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo(name))
+    return buffer.getvalue()
+
+
+_FILE = LayerTar().file("f", b"x" * 2000).dir("d").bytes()  # f: header at 0, data 512-2512, padding to 2560
+_PAX = LayerTar().file("p", b"", xattrs={"user.k": "v"}).bytes()  # pax header 0-1024, then p's header
+_LONG = _gnu_long_name("l" * 150)  # GNU long name header 0-1024, then the entry's header
+
+# Where Go's archive/tar (so containerd) ends an archive cleanly: at the end-of-archive blocks, at a member
+# boundary, or anywhere in the last member's padding (missing padding is how umoci ends some layers).
+ENDINGS = {
+    "end-of-archive blocks": (_FILE, ["d", "f"]),
+    "one zero block": (_FILE[:3072 + 512], ["d", "f"]),
+    "member boundary": (_FILE[:3072], ["d", "f"]),
+    "after the data, without padding": (_FILE[:2512], ["f"]),
+    "inside the padding": (_FILE[:2520], ["f"]),
+    "empty stream": (b"", []),
+}
+TRUNCATIONS = {
+    "inside a file's data": (_FILE[:1200], r"inside the data of entry 'f' \(1312 of 2000 bytes missing\)"),
+    "inside a header": (_FILE[:2560 + 100], r"inside a header \(100 of 512 bytes\)"),
+    "inside the first header": (_FILE[:511], r"inside a header \(511 of 512 bytes\)"),
+    "inside a pax header": (_PAX[:515], r"inside a pax header \(\d+ of \d+ bytes missing\)"),
+    "after a pax header": (_PAX[:1024], "after a pax header, before the entry it describes"),
+    "after a GNU long name": (_LONG[:1024], "after a GNU long name, before the entry it describes"),
+}
+
+
+@pytest.mark.parametrize("size", [1, 100, 777, 1 << 20])
+@pytest.mark.parametrize("case", list(ENDINGS))
+def test_where_an_archive_may_end(tmp_path: Path, case: str, size: int) -> None:
+    data, names = ENDINGS[case]
+    assert run(data, tmp_path / "layer", size=size) == len(names)
+    assert sorted(os.listdir(tmp_path / "layer")) == names
+    if "f" in names:
+        assert (tmp_path / "layer/f").read_bytes() == b"x" * 2000
+
+
+@pytest.mark.parametrize("size", [1, 777])
+@pytest.mark.parametrize("case", list(TRUNCATIONS))
+def test_truncated_archives_are_refused(tmp_path: Path, case: str, size: int) -> None:
+    data, message = TRUNCATIONS[case]
+    with pytest.raises(FailedPrecondition, match=message):
+        run(data, tmp_path / "layer", size=size)
+
+
+def test_truncated_data_is_noticed_when_the_caller_skips_it() -> None:
+    reader = TarReader(chunks(_FILE[:1200]))
+    entries = reader.entries()
+    assert next(entries).name == "f"
+    with pytest.raises(FailedPrecondition, match="inside the data of entry 'f'"):
+        next(entries)
 
 
 def _with_type(tar: bytes, kind: bytes) -> bytes:
@@ -179,7 +254,11 @@ def test_pax_records() -> None:
 
 def test_entry_parts() -> None:
     assert entry_parts("./a//b/./c/") == ("a", "b", "c")
-    assert entry_parts("./") == ()
+    assert entry_parts("/bin/sh") == entry_parts("//bin/./sh") == ("bin", "sh")
+    assert entry_parts("./") == entry_parts("/") == entry_parts(".") == ()
+    for name in ("..", "/..", "/../etc/passwd", "a/../b"):
+        with pytest.raises(FailedPrecondition, match=r"contains '\.\.'"):
+            entry_parts(name)
 
 
 def test_disk_usage_counts_hardlinks_once(tmp_path: Path) -> None:
