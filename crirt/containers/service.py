@@ -258,7 +258,7 @@ class ContainerService:
 
     def _host_facts(self) -> HostFacts:
         if self._host is None:
-            self._host = detect_host_facts(rro_mounts=False)
+            self._host = detect_host_facts()
         return self._host
 
     async def _publish(self, record: ContainerRecord, kind: ContainerEventType) -> None:
@@ -347,7 +347,8 @@ class ContainerService:
             cgroup_driver=self.config.cgroup_driver, cgroup_parent=sandbox.cgroup_parent, host=self._host_facts(),
             host_paths=resolve_host_paths(config.mounts),
             devices={d.host_path: devices_at(d.host_path) for d in config.devices},
-            host_devices=host_devices() if context.privileged else ()))
+            host_devices=host_devices() if context.privileged else (),
+            rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts))
         bundle = self.bundles / container_id
         made.append("bundle")
         bundle.mkdir(parents=True)

@@ -72,6 +72,9 @@ class SpecInputs:
     """What each requested device's host path holds (``devices.devices_at``)."""
     host_devices: tuple[HostDevice, ...] = ()
     """The host's devices for a privileged container (``devices.host_devices``)."""
+    rro_mounts: bool = False
+    """The pod's runtime handler supports recursive read-only mounts (its ``HandlerFeatures``, which Status
+    reports): a fact of the handler, not of the node."""
     seccomp_profile: str | None = None
     """The Localhost seccomp profile's text, when ``seccomp.localhost_profile_path`` named one."""
 
@@ -189,7 +192,7 @@ def container_spec(inputs: SpecInputs) -> dict[str, Any]:
 
     mounts, propagation = container_mounts(
         config.mounts, inputs.pod_files, privileged=context.privileged, readonly_rootfs=context.readonly_rootfs,
-        host_ipc=inputs.namespaces.ipc is None, host_paths=inputs.host_paths, rro_supported=host.rro_mounts)
+        host_ipc=inputs.namespaces.ipc is None, host_paths=inputs.host_paths, rro_supported=inputs.rro_mounts)
     devices, device_rules = device_entries(config.devices, inputs.devices, context.privileged, inputs.host_devices)
     masked, readonly = masked_and_readonly_paths(context)
     linux: dict[str, Any] = {
