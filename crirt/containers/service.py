@@ -58,6 +58,7 @@ from crirt.oci.devices import devices_at, host_devices
 from crirt.oci.host import HostFacts, detect_host_facts
 from crirt.oci.mounts import PodFiles, resolve_host_paths
 from crirt.oci.resources import linux_resources
+from crirt.oci.seccomp import read_localhost_profile
 from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
 from crirt.oci.user import read_image_file, resolve_user
 from crirt.sandboxes.records import SandboxRecord
@@ -348,7 +349,8 @@ class ContainerService:
             host_paths=resolve_host_paths(config.mounts),
             devices={d.host_path: devices_at(d.host_path) for d in config.devices},
             host_devices=host_devices() if context.privileged else (),
-            rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts))
+            rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts,
+            seccomp_profile=await asyncio.to_thread(read_localhost_profile, context)))
         bundle = self.bundles / container_id
         made.append("bundle")
         bundle.mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 ``container_spec(SpecInputs)`` is deterministic: every fact about the host, the image and the pod is in its
 input, found by the caller (``crirt.oci.host``, ``user.read_image_file``, ``mounts.resolve_host_paths``,
-``devices.devices_at``/``host_devices``, ``seccomp.load_profile``). The parts live in their own modules:
+``devices.devices_at``/``host_devices``, ``seccomp.read_localhost_profile``). The parts live in their own modules:
 ``process`` (argv, env, cwd, capabilities), ``user``, ``mounts``, ``devices``, ``resources``, ``seccomp``,
 ``apparmor``.
 """
@@ -76,7 +76,7 @@ class SpecInputs:
     """The pod's runtime handler supports recursive read-only mounts (its ``HandlerFeatures``, which Status
     reports): a fact of the handler, not of the node."""
     seccomp_profile: str | None = None
-    """The Localhost seccomp profile's text, when ``seccomp.localhost_profile_path`` named one."""
+    """The Localhost seccomp profile's text (``seccomp.read_localhost_profile``), when the context names one."""
 
 
 def security_context(config: ContainerConfig) -> LinuxContainerSecurityContext:

@@ -1,8 +1,10 @@
-"""Confinement a pod spec asks for, on real runc through the CRI: a recursive read-only mount whose submounts are
-read-only too; bad requests are INVALID_ARGUMENT and leave nothing behind."""
+"""Confinement a pod spec asks for, on real runc through the CRI: a Localhost seccomp profile that denies some
+syscalls, and a recursive read-only mount whose submounts are read-only too; bad requests for either are
+INVALID_ARGUMENT and leave nothing behind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,63 @@ def pods(env: ContainerEnv, tmp_path: Path) -> Iterator[Pods]:
 def leaves_nothing(pods: Pods, pod: str) -> None:
     listed = pods.rt.ListContainers(pods.pb.ListContainersRequest(), timeout=10).containers
     assert not [c for c in listed if c.pod_sandbox_id == pod]
+
+
+# ---- Localhost seccomp profiles ----------------------------------------------------------------------------------
+
+DENY_CHMOD_AND_MKDIR = {  # plain OCI form
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["chmod", "fchmodat", "mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+}
+DENY_CHMOD_AND_MKDIR_DOCKER = {  # Docker's form: an archMap and one rule per syscall name
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+                {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}],
+    "syscalls": [{"name": name, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+                 for name in ("chmod", "fchmodat", "mkdir", "mkdirat")],
+}
+
+
+def localhost_seccomp(pb: Any, path: Path, how: str) -> Any:
+    """The security context choosing the profile at ``path`` through the field or the deprecated path."""
+    if how == "field":
+        return pb.LinuxContainerSecurityContext(
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(path)))
+    return pb.LinuxContainerSecurityContext(seccomp_profile_path=f"localhost/{path}")
+
+
+@pytest.mark.parametrize(("how", "profile"), [("field", DENY_CHMOD_AND_MKDIR),
+                                              ("deprecated-path", DENY_CHMOD_AND_MKDIR_DOCKER)])
+def test_a_localhost_profile_denies_its_syscalls_and_allows_the_rest(
+        pods: Pods, tmp_path: Path, how: str, profile: dict[str, Any]) -> None:
+    path = tmp_path / "deny-chmod-mkdir.json"
+    path.write_text(json.dumps(profile))
+    container = pods.run(pods.pod(), "filtered", IDLE, context=localhost_seccomp(pods.pb, path, how))
+    for script in ("chmod 600 /tmp/file", "mkdir /tmp/dir"):
+        reply = pods.sh(container, f"touch /tmp/file && {script}")
+        assert reply.exit_code != 0 and b"Operation not permitted" in reply.stderr, (script, reply)
+    reply = pods.sh(container, "echo x > /tmp/new && cat /tmp/new && ls -d /tmp && grep ^Seccomp: /proc/self/status")
+    assert (reply.exit_code, reply.stdout.split()) == (0, [b"x", b"/tmp", b"Seccomp:", b"2"]), reply
+    plain = pods.run(pods.pod(), "plain", IDLE)  # the same image without the profile: chmod and mkdir work
+    reply = pods.sh(plain, "touch /tmp/file && chmod 600 /tmp/file && mkdir /tmp/dir && stat -c %a /tmp/file")
+    assert (reply.exit_code, reply.stdout) == (0, b"600\n"), reply
+
+
+def test_a_missing_or_invalid_localhost_profile_is_refused_naming_it(pods: Pods, tmp_path: Path) -> None:
+    pb = pods.pb
+    pod = pods.pod()
+    missing, invalid = tmp_path / "missing.json", tmp_path / "invalid.json"
+    invalid.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "deny"}]}')
+    cases = {missing: "No such file or directory", invalid: "syscalls[0].action: 'deny' is not a seccomp action"}
+    for path, problem in cases.items():
+        for how in ("field", "deprecated-path"):
+            with pytest.raises(grpc.RpcError) as caught:
+                pods.create(pod, "refused", command=["true"], context=localhost_seccomp(pb, path, how))
+            error = caught.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+            assert str(path) in error.details() and problem in error.details(), error.details()
+    leaves_nothing(pods, pod)
+    pods.run(pod, "refused", "true")  # the name is free again
 
 
 # ---- recursive read-only mounts ----------------------------------------------------------------------------------
