@@ -46,6 +46,8 @@ def test_status_reflects_plugins_and_cni_config(tmp_path: Path, pb: ModuleType) 
             # runc lists the rro mount option; the kernel must have mount_setattr(2) (5.12) for it to work.
             rro = kernel_version(platform.release()) >= (5, 12)
             assert [h.features.recursive_read_only_mounts for h in reply.runtime_handlers] == [rro, rro, False]
+            assert reply.features.supplemental_groups_policy  # crirt resolves both policies for every handler
+            assert not reply.features.user_namespaces_host_network
             assert reply.info == {}  # verbose info only on request
 
             (daemon.socket.parent / "cni" / "10-test.conflist").write_text(CONFLIST)
