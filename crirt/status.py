@@ -39,6 +39,9 @@ from crirt.store import Store
 CRI_API_VERSION = "v1"
 KUBELET_API_VERSION = "0.1.0"  # the version string every CRI runtime answers in VersionResponse.version
 CNI_CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+RUNTIME_FEATURES = RuntimeFeatures(supplemental_groups_policy=True)
+"""Handler-independent features: both SupplementalGroupsPolicy values are resolved by crirt itself (from the
+image's /etc/group) for every handler, and ContainerStatus.user reports the result. No user namespaces."""
 
 
 class NodeSettings(Model):
@@ -94,7 +97,7 @@ class RuntimeInfo:
         ]
         info = self._verbose_info() if command.verbose else {}
         return StatusResult(status=RuntimeStatus(conditions=conditions), info=info, runtime_handlers=handlers,
-                            features=RuntimeFeatures())
+                            features=RUNTIME_FEATURES)
 
     def _runtime_condition(self) -> RuntimeCondition:
         if self.registry.default_ready():

@@ -59,6 +59,7 @@ from crirt.oci.devices import devices_at, host_devices
 from crirt.oci.host import HostFacts, detect_host_facts
 from crirt.oci.mounts import PodFiles, resolve_host_paths
 from crirt.oci.resources import linux_resources
+from crirt.oci.seccomp import read_localhost_profile
 from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
 from crirt.oci.user import read_image_file, resolve_user
 from crirt.sandboxes.records import SandboxRecord
@@ -262,7 +263,7 @@ class ContainerService:
 
     def _host_facts(self) -> HostFacts:
         if self._host is None:
-            self._host = detect_host_facts(rro_mounts=False)
+            self._host = detect_host_facts()
         return self._host
 
     async def _publish(self, record: ContainerRecord, kind: ContainerEventType) -> None:
@@ -349,7 +350,9 @@ class ContainerService:
             cgroup_driver=self.config.cgroup_driver, cgroup_parent=sandbox.cgroup_parent, host=self._host_facts(),
             host_paths=resolve_host_paths(config.mounts),
             devices={d.host_path: devices_at(d.host_path) for d in config.devices},
-            host_devices=host_devices() if context.privileged else ()))
+            host_devices=host_devices() if context.privileged else (),
+            rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts,
+            seccomp_profile=await asyncio.to_thread(read_localhost_profile, context)))
         bundle = self.bundles / container_id
         made.append("bundle")
         bundle.mkdir(parents=True)

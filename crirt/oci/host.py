@@ -30,8 +30,6 @@ class HostFacts:
     apparmor: bool = False
     apparmor_default_profile: str | None = None
     """The AppArmor profile loaded for RuntimeDefault; None: RuntimeDefault runs unconfined."""
-    rro_mounts: bool = False
-    """The runtime handler supports recursive read-only mounts (its ``HandlerFeatures``)."""
 
 
 def own_capabilities(status: Path = Path("/proc/self/status")) -> frozenset[str]:
@@ -71,8 +69,8 @@ def detect_cgroups(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path
     return CgroupFacts(v2=True, swap=swap, hugetlb="hugetlb" in controllers)
 
 
-def detect_host_facts(*, rro_mounts: bool, apparmor_default_profile: str | None = None) -> HostFacts:
-    """Read the facts of this node and process (``rro_mounts`` is the runtime handler's to tell)."""
+def detect_host_facts(*, apparmor_default_profile: str | None = None) -> HostFacts:
+    """Read the facts of this node and process."""
     return HostFacts(capabilities=own_capabilities(), oom_score_adj=own_oom_score_adj(), cgroups=detect_cgroups(),
                      apparmor=apparmor_enabled(), apparmor_default_profile=apparmor_default_profile,
-                     rro_mounts=rro_mounts, machine=platform.machine(), kernel=kernel_version(platform.release()))
+                     machine=platform.machine(), kernel=kernel_version(platform.release()))

@@ -4,14 +4,17 @@ RuntimeDefault is ``seccomp_default.json``, a copy of the policy of moby's ``pro
 (the Docker/containerd default). Like moby's, its rules carry conditions (``includes``/``excludes`` by
 architecture, capability and kernel version, and an ``archMap``); they are resolved when the spec is written,
 for the node's architecture and the container's bounding capabilities, so runc receives a plain OCI profile.
-Localhost profiles (Docker or OCI format) get the same treatment.
+Localhost profiles (Docker or OCI format) get the same treatment, after ``seccomp_schema`` has checked their
+fields (a bad file is INVALID_ARGUMENT naming it, not a runc failure).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import stat
 from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 from crirt.errors import InvalidArgument
 from crirt.model.container import LinuxContainerSecurityContext
 from crirt.model.enums import SecurityProfileType
+from crirt.oci.seccomp_schema import check_profile
 
 SC = "config.linux.security_context"
 NATIVE_ARCH = {
@@ -35,6 +39,8 @@ SECCOMP_ARCH = {
 PASSED_THROUGH = ("defaultErrnoRet", "flags", "listenerPath", "listenerMetadata")
 ARG_KEYS = ("index", "value", "valueTwo", "op")
 KERNEL = re.compile(r"^(\d+)\.(\d+)")
+MAX_PROFILE_BYTES = 1024 * 1024
+"""A Localhost profile larger than this is refused (moby's default profile is about 20 KiB)."""
 
 
 @functools.cache
@@ -83,13 +89,36 @@ def localhost_profile_path(context: LinuxContainerSecurityContext) -> str | None
 
 
 def load_profile(path: str) -> str:
-    """The text of a Localhost profile; INVALID_ARGUMENT naming the file when it cannot be read."""
+    """The text of a Localhost profile (blocking I/O); INVALID_ARGUMENT naming the file when it is missing,
+    unreadable, not a regular file (a FIFO would block the reader), over ``MAX_PROFILE_BYTES`` or not UTF-8."""
+    where = f"{SC}.seccomp: cannot read the Localhost seccomp profile {path}"
     try:
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise InvalidArgument(f"{SC}.seccomp: cannot read the Localhost seccomp profile {path}: {reason}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise InvalidArgument(f"{where}: {error.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"{where}: not a regular file")
+        data = b""
+        while len(data) <= MAX_PROFILE_BYTES and (chunk := os.read(fd, MAX_PROFILE_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as error:
+        raise InvalidArgument(f"{where}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise InvalidArgument(f"{where}: larger than {MAX_PROFILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{where}: not UTF-8 text") from None
+
+
+def read_localhost_profile(context: LinuxContainerSecurityContext) -> str | None:
+    """``SpecInputs.seccomp_profile``: the text of the Localhost profile the context names, None when it names
+    none. Blocking I/O: a service runs it off the event loop."""
+    path = localhost_profile_path(context)
+    return None if path is None else load_profile(path)
 
 
 def _kernel_version(text: str, source: str) -> tuple[int, int]:
@@ -121,8 +150,7 @@ def resolve_profile(
     """A profile in Docker's format (or plain OCI) made into the OCI ``linux.seccomp`` for this node and a
     container with these bounding capabilities (moby's ``setupSeccomp``). None when the profile has neither a
     default action nor syscalls: it disables seccomp. ``source`` names the profile in errors."""
-    if not isinstance(profile, Mapping):
-        raise InvalidArgument(f"{source}: a seccomp profile must be a JSON object")
+    check_profile(profile, source)
     if not profile.get("defaultAction") and not profile.get("syscalls"):
         return None
     if profile.get("architectures") and profile.get("archMap"):
@@ -137,11 +165,7 @@ def resolve_profile(
     if architectures:
         result["architectures"] = architectures
     syscalls = []
-    for index, rule in enumerate(profile.get("syscalls") or []):
-        if not isinstance(rule, Mapping):
-            raise InvalidArgument(f"{source}: syscalls[{index}] is not an object")
-        if rule.get("name") and rule.get("names"):
-            raise InvalidArgument(f"{source}: syscalls[{index}] has both 'name' and 'names'")
+    for rule in profile.get("syscalls") or []:
         if not _applies(rule, arch, bounding, kernel, source):
             continue
         entry = {"names": list(rule.get("names") or [rule.get("name")]), "action": rule.get("action")}
@@ -164,8 +188,8 @@ def seccomp_section(
     localhost_profile: str | None,
 ) -> dict[str, Any] | None:
     """``linux.seccomp`` for a container, None for no filter (Unconfined, or privileged: the CRI says seccomp
-    does not apply to privileged containers). ``localhost_profile`` is the text ``load_profile`` read for a
-    Localhost choice."""
+    does not apply to privileged containers). ``localhost_profile`` is the text ``read_localhost_profile`` read
+    for a Localhost choice."""
     if context.privileged:
         return None
     kind, ref = seccomp_choice(context)
@@ -176,7 +200,7 @@ def seccomp_section(
                                source="the RuntimeDefault seccomp profile")
     source = f"{SC}.seccomp: Localhost seccomp profile {ref}"
     if localhost_profile is None:
-        raise ValueError(f"{source}: the caller did not read it (crirt.oci.seccomp.load_profile)")
+        raise ValueError(f"{source}: the caller did not read it (crirt.oci.seccomp.read_localhost_profile)")
     try:
         profile = json.loads(localhost_profile)
     except ValueError as error:

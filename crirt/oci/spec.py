@@ -2,7 +2,7 @@
 
 ``container_spec(SpecInputs)`` is deterministic: every fact about the host, the image and the pod is in its
 input, found by the caller (``crirt.oci.host``, ``user.read_image_file``, ``mounts.resolve_host_paths``,
-``devices.devices_at``/``host_devices``, ``seccomp.load_profile``). The parts live in their own modules:
+``devices.devices_at``/``host_devices``, ``seccomp.read_localhost_profile``). The parts live in their own modules:
 ``process`` (argv, env, cwd, capabilities), ``user``, ``mounts``, ``devices``, ``resources``, ``seccomp``,
 ``apparmor``.
 """
@@ -72,8 +72,11 @@ class SpecInputs:
     """What each requested device's host path holds (``devices.devices_at``)."""
     host_devices: tuple[HostDevice, ...] = ()
     """The host's devices for a privileged container (``devices.host_devices``)."""
+    rro_mounts: bool = False
+    """The pod's runtime handler supports recursive read-only mounts (its ``HandlerFeatures``, which Status
+    reports): a fact of the handler, not of the node."""
     seccomp_profile: str | None = None
-    """The Localhost seccomp profile's text, when ``seccomp.localhost_profile_path`` named one."""
+    """The Localhost seccomp profile's text (``seccomp.read_localhost_profile``), when the context names one."""
 
 
 def security_context(config: ContainerConfig) -> LinuxContainerSecurityContext:
@@ -189,7 +192,7 @@ def container_spec(inputs: SpecInputs) -> dict[str, Any]:
 
     mounts, propagation = container_mounts(
         config.mounts, inputs.pod_files, privileged=context.privileged, readonly_rootfs=context.readonly_rootfs,
-        host_ipc=inputs.namespaces.ipc is None, host_paths=inputs.host_paths, rro_supported=host.rro_mounts)
+        host_ipc=inputs.namespaces.ipc is None, host_paths=inputs.host_paths, rro_supported=inputs.rro_mounts)
     devices, device_rules = device_entries(config.devices, inputs.devices, context.privileged, inputs.host_devices)
     masked, readonly = masked_and_readonly_paths(context)
     linux: dict[str, Any] = {

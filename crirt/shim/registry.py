@@ -144,6 +144,12 @@ class ShimRegistry:
             raise FailedPrecondition(f"runtime handler {handler.name!r} is unavailable: {handler.problem}")
         return handler.shim
 
+    def features(self, name: str) -> HandlerFeatures:
+        """What handler ``name`` (``""``: the default) reported at boot, as Status shows it; none for an unknown
+        handler."""
+        handler = self.handlers.get(name or self.default)
+        return handler.features if handler is not None else HandlerFeatures()
+
     @property
     def problems(self) -> list[str]:
         return [h.problem for h in self.handlers.values() if h.problem]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +13,7 @@ from support.cri_requests import IMPLEMENTED, all_rpcs, filled
 from support.daemon import Daemon, start_daemon
 
 import crirt
+from crirt.oci.host import kernel_version
 
 CONFLIST = '{"cniVersion": "1.0.0", "name": "test", "plugins": [{"type": "loopback"}]}'
 
@@ -41,6 +43,11 @@ def test_status_reflects_plugins_and_cni_config(tmp_path: Path, pb: ModuleType) 
             assert not network.status and network.reason == "NetworkPluginNotReady"
             assert str(daemon.socket.parent / "cni") in network.message
             assert [h.name for h in reply.runtime_handlers] == ["", "runc", "ghost"]
+            # runc lists the rro mount option; the kernel must have mount_setattr(2) (5.12) for it to work.
+            rro = kernel_version(platform.release()) >= (5, 12)
+            assert [h.features.recursive_read_only_mounts for h in reply.runtime_handlers] == [rro, rro, False]
+            assert reply.features.supplemental_groups_policy  # crirt resolves both policies for every handler
+            assert not reply.features.user_namespaces_host_network
             assert reply.info == {}  # verbose info only on request
 
             (daemon.socket.parent / "cni" / "10-test.conflist").write_text(CONFLIST)

@@ -294,8 +294,9 @@ def test_features_from_runc_and_from_documents(shim: RuncShim) -> None:
     assert run(shim.features()) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False)
     newer = {"mountOptions": ["rro"],
              "linux": {"namespaces": ["user"], "mountExtensions": {"idmap": {"enabled": True}}}}
-    assert features_from(newer) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=True)
-    assert features_from(None) == HandlerFeatures()
+    assert features_from(newer, (6, 1)) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=True)
+    assert features_from(newer, (5, 11)).recursive_read_only_mounts is False  # no mount_setattr(2)
+    assert features_from(None, (6, 1)) == HandlerFeatures()
 
 
 def test_entry_point_is_discovered(tmp_path: Path) -> None:

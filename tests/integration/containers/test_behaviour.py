@@ -217,6 +217,13 @@ USER_CASES = {
                                     "1000 1000 / 1000 2000 3000 7000 / app"),
     "request-strict-policy": ("user-name", {"supplemental_groups": [7000], "supplemental_groups_policy": "Strict"},
                               "1000 1000 / 1000 7000 / app"),
+    # critest's SupplementalGroupsPolicy specs: run_as_user (not the image's User) of a member of image groups
+    "request-uid-merge-policy": ("plain", {"run_as_user": 1000, "supplemental_groups": [1234],
+                                           "supplemental_groups_policy": "Merge"},
+                                 "1000 1000 / 1000 1234 2000 3000 / app"),
+    "request-uid-strict-policy": ("plain", {"run_as_user": 1000, "supplemental_groups": [1234],
+                                            "supplemental_groups_policy": "Strict"},
+                                  "1000 1000 / 1000 1234 / app"),
 }
 
 

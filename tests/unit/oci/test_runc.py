@@ -76,13 +76,13 @@ def bundle(tmp: Path, cid: str, privileged: bool) -> Path:
     sandbox = {"metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "hostname": "p",
                "linux": {"security_context": {"privileged": privileged, "namespace_options": {"pid": 1}}}}
     container = ContainerConfig.model_validate(config)
-    facts = detect_host_facts(rro_mounts=True)
+    facts = detect_host_facts()
     spec = container_spec(SpecInputs(
         container_id=cid, sandbox_id="sb", config=container, sandbox_config=PodSandboxConfig.model_validate(sandbox),
         image_name="busybox", image_config={}, user=resolve_user(container.linux.security_context, "", None, None),
         pod_files=PodFiles(hostname=str(pod / "hostname"), hosts=str(pod / "hosts"),
                            resolv_conf=str(pod / "resolv.conf"), shm=str(pod / "shm")),
-        host=facts, devices={"/dev/null": devices_at("/dev/null")},
+        host=facts, rro_mounts=True, devices={"/dev/null": devices_at("/dev/null")},
         host_devices=host_devices() if privileged else ()))
     # Fresh namespaces instead of a pod's pinned ones (those are the sandbox tests' business).
     spec["linux"]["namespaces"] = [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")]

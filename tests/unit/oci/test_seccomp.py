@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from crirt.model.container import LinuxContainerSecurityContext
 from crirt.model.enums import SecurityProfileType
 from crirt.oci.process import DEFAULT_CAPABILITIES
 from crirt.oci.seccomp import (
+    MAX_PROFILE_BYTES,
     default_profile,
     load_profile,
     localhost_profile_path,
+    read_localhost_profile,
     resolve_profile,
     seccomp_choice,
     seccomp_section,
@@ -116,20 +119,102 @@ def test_unconfined_and_privileged_have_no_filter() -> None:
 BLOCK_CHMOD = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO"}]}
 
 
+def localhost(path: Path) -> LinuxContainerSecurityContext:
+    return sc(seccomp={"profile_type": 2, "localhost_ref": str(path)})
+
+
 def test_localhost_profile(tmp_path: Path) -> None:
     path = tmp_path / "block-chmod.json"
     path.write_text(json.dumps(BLOCK_CHMOD))
-    context = sc(seccomp={"profile_type": 2, "localhost_ref": str(path)})
+    context = localhost(path)
     assert localhost_profile_path(context) == str(path)
+    assert read_localhost_profile(context) == load_profile(str(path)) == path.read_text()
+    assert read_localhost_profile(sc(seccomp={"profile_type": 0})) is None  # nothing to read
     section = seccomp_section(context, bounding=[], machine="x86_64", kernel=(6, 1),
-                              localhost_profile=load_profile(str(path)))
+                              localhost_profile=read_localhost_profile(context))
     assert section == BLOCK_CHMOD
-    with pytest.raises(InvalidArgument, match=r"cannot read the Localhost seccomp profile .*: No such file"):
-        load_profile(str(tmp_path / "missing.json"))
-    with pytest.raises(InvalidArgument, match="is not valid JSON"):
-        seccomp_section(context, bounding=[], machine="x86_64", kernel=(6, 1), localhost_profile="{nope")
+    deprecated = sc(seccomp_profile_path=f"localhost/{path}")
+    assert seccomp_section(deprecated, bounding=[], machine="x86_64", kernel=(6, 1),
+                           localhost_profile=read_localhost_profile(deprecated)) == BLOCK_CHMOD
     with pytest.raises(ValueError, match="did not read it"):
         seccomp_section(context, bounding=[], machine="x86_64", kernel=(6, 1), localhost_profile=None)
+
+
+def test_unreadable_localhost_profiles_name_the_file(tmp_path: Path) -> None:
+    big, binary, fifo = tmp_path / "big.json", tmp_path / "binary.json", tmp_path / "fifo.json"
+    big.write_text(" " * (MAX_PROFILE_BYTES + 1))
+    binary.write_bytes(b"\xff{}")
+    os.mkfifo(fifo)  # reading it would block the reader for ever
+    cases = {tmp_path / "missing.json": "No such file or directory", tmp_path: "not a regular file",
+             fifo: "not a regular file", big: f"larger than {MAX_PROFILE_BYTES} bytes", binary: "not UTF-8 text"}
+    for path, problem in cases.items():
+        with pytest.raises(InvalidArgument) as caught:
+            read_localhost_profile(localhost(path))
+        assert str(caught.value) == (f"config.linux.security_context.seccomp: cannot read the Localhost seccomp "
+                                     f"profile {path}: {problem}")
+
+
+def section_of(text: str) -> dict[str, Any] | None:
+    context = sc(seccomp={"profile_type": 2, "localhost_ref": "/p.json"})
+    return seccomp_section(context, bounding=[], machine="x86_64", kernel=(6, 1), localhost_profile=text)
+
+
+BAD_PROFILES = {
+    # profile: the problem named after "Localhost seccomp profile /p.json"
+    "{nope": " is not valid JSON",
+    "[]": ": a seccomp profile must be a JSON object, got list",
+    '{"defaultAction": "SCMP_ACT_NOPE"}': ": defaultAction: 'SCMP_ACT_NOPE' is not a seccomp action",
+    '{"syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO"}]}':
+        ": defaultAction: is missing, but the profile has syscalls",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": -1}': ": defaultErrnoRet: must be a whole number",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["x86_64"]}': ": architectures[0]: 'x86_64' is not one of",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "flags": "SECCOMP_FILTER_FLAG_LOG"}': ": flags: must be a JSON array",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": {}}': ": syscalls: must be a JSON array",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": ["chmod"]}': ": syscalls[0]: must be a JSON object",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"action": "SCMP_ACT_ERRNO"}]}':
+        ": syscalls[0]: names no syscall",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": [1], "action": "SCMP_ACT_ERRNO"}]}':
+        ": syscalls[0].names[0]: must be a syscall name, got 1",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "deny"}]}':
+        ": syscalls[0].action: 'deny' is not a seccomp action",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO", '
+    '"errnoRet": "EPERM"}]}': ": syscalls[0].errnoRet: must be a whole number from 0 to 4294967295, got 'EPERM'",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", '
+    '"args": [{"index": 6, "value": 0, "op": "SCMP_CMP_EQ"}]}]}': ": syscalls[0].args[0].index: must be a whole "
+                                                                  "number from 0 to 5, got 6",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", '
+    '"args": [{"index": 0, "value": 0, "op": "=="}]}]}': ": syscalls[0].args[0].op: '==' is not one of",
+    '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", '
+    '"includes": {"caps": "CAP_KILL"}}]}': ": syscalls[0].includes.caps: must be a JSON array",
+}
+
+
+@pytest.mark.parametrize("text", BAD_PROFILES)
+def test_invalid_localhost_profiles_are_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        section_of(text)
+    prefix = "config.linux.security_context.seccomp: Localhost seccomp profile /p.json"
+    assert str(caught.value).startswith(prefix + BAD_PROFILES[text]), str(caught.value)
+
+
+def test_docker_format_localhost_profile_with_errno_and_arch_map() -> None:
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": 1,
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+                    {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}],
+        "syscalls": [{"name": "mkdir", "action": "SCMP_ACT_ERRNO", "errnoRet": 1, "comment": "no new dirs"},
+                     {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO",
+                      "args": [{"index": 1, "value": 0o400, "op": "SCMP_CMP_EQ"}]},
+                     {"names": ["reboot"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_BOOT"]}}],
+        "unknownKey": "ignored, as containerd's decoder does",
+    }
+    assert section_of(json.dumps(profile)) == {
+        "defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                     {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO",
+                      "args": [{"index": 1, "value": 0o400, "op": "SCMP_CMP_EQ"}]}]}
+    assert section_of("{}") is None  # an empty profile disables seccomp, as moby's loader does
 
 
 def test_resolve_profile_formats_and_errors() -> None:
@@ -143,13 +228,13 @@ def test_resolve_profile_formats_and_errors() -> None:
         "defaultAction": "SCMP_ACT_ERRNO", "flags": ["SECCOMP_FILTER_FLAG_LOG"],
         "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}
     with pytest.raises(InvalidArgument, match="either 'architectures' or 'archMap'"):
-        resolve_profile({**oci, "archMap": [{"architecture": "x"}]}, bounding=[],
+        resolve_profile({**oci, "archMap": [{"architecture": "SCMP_ARCH_X86_64"}]}, bounding=[],
                         machine="x86_64", kernel=(6, 1), source=source)
-    with pytest.raises(InvalidArgument, match=r"syscalls\[0\] has both 'name' and 'names'"):
-        resolve_profile({"defaultAction": "X", "syscalls": [{"name": "a", "names": ["b"]}]}, bounding=[],
-                        machine="x86_64", kernel=(6, 1), source=source)
-    with pytest.raises(InvalidArgument, match="minKernel 'new'"):
-        resolve_profile({"defaultAction": "X", "syscalls": [{"names": ["a"], "includes": {"minKernel": "new"}}]},
+    with pytest.raises(InvalidArgument, match=r"syscalls\[0\]: has both 'name' and 'names'"):
+        resolve_profile({"defaultAction": "SCMP_ACT_ALLOW",
+                         "syscalls": [{"name": "a", "names": ["b"], "action": "SCMP_ACT_ALLOW"}]},
                         bounding=[], machine="x86_64", kernel=(6, 1), source=source)
-    with pytest.raises(InvalidArgument, match="must be a JSON object"):
-        resolve_profile([], bounding=[], machine="x86_64", kernel=(6, 1), source=source)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="minKernel 'new'"):
+        resolve_profile({"defaultAction": "SCMP_ACT_ALLOW",
+                         "syscalls": [{"names": ["a"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]},
+                        bounding=[], machine="x86_64", kernel=(6, 1), source=source)

@@ -23,7 +23,7 @@ UID = "6f1d2c3b-0000-4000-8000-000000000001"
 POD_DIR = f"/var/lib/kubelet/pods/{UID}"
 HELD = frozenset(ALL_CAPABILITIES) - {"CAP_SYS_RESOURCE"}
 HOST = HostFacts(capabilities=HELD, oom_score_adj=0, cgroups=CgroupFacts(v2=False, swap=True, hugetlb=False),
-                 machine="x86_64", kernel=(6, 18), rro_mounts=True)
+                 machine="x86_64", kernel=(6, 18))
 
 NGINX_IMAGE = {
     "User": "", "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGQUIT", "WorkingDir": "",
@@ -247,3 +247,13 @@ def test_errors_name_the_field() -> None:
         spec({"devices": [{"container_path": "/dev/x", "host_path": "/dev/unknown"}]})
     with pytest.raises(FailedPrecondition, match="CAP_SYS_RESOURCE"):
         spec({"linux": {"security_context": {"capabilities": {"add_capabilities": ["SYS_RESOURCE"]}}}})
+
+
+def test_recursive_read_only_follows_the_handler() -> None:
+    rro = {"mounts": [{"container_path": "/data", "host_path": "/srv/data", "readonly": True,
+                       "recursive_read_only": True}]}
+    s = container_spec(inputs(rro, rro_mounts=True))
+    assert {m["destination"]: m for m in s["mounts"]}["/data"]["options"] == ["rbind", "rprivate", "rro"]
+    with pytest.raises(InvalidArgument, match=r"config\.mounts\[0\]\.recursive_read_only: the runtime handler "
+                                              r"does not support"):
+        container_spec(inputs(rro))  # a handler that does not report the feature

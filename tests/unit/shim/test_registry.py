@@ -54,6 +54,8 @@ def test_handlers_resolve_to_their_plugin_and_empty_means_default() -> None:
     assert registry.resolve("") is registry.resolve("runc")
     assert registry.resolve("other") is not registry.resolve("runc")
     assert registry.handlers["other"].features.user_namespaces
+    assert registry.features("other") == registry.features("") == HandlerFeatures(user_namespaces=True)
+    assert registry.features("nope") == HandlerFeatures()  # what CreateContainer asks is what Status reports
     assert registry.resolve("other").context.root == Path("/tmp/r/shims/other")
     assert registry.default_ready() and registry.problems == []
 

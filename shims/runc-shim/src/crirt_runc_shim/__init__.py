@@ -6,24 +6,30 @@ options, points the driver at runc, and reports runc's features.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crirt.oci.host import kernel_version
 from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
 from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
 
 OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon", "exit_sweep_interval")
+RRO_KERNEL = (5, 12)
+"""The first kernel with ``mount_setattr(2)``, which runc's ``rro`` needs."""
 
 
 
-def features_from(runtime_features: Mapping[str, Any] | None) -> HandlerFeatures:
-    """Map the OCI runtime features document (``runc features``) to the CRI handler features.
+def features_from(runtime_features: Mapping[str, Any] | None, kernel: tuple[int, int]) -> HandlerFeatures:
+    """Map the OCI runtime features document (``runc features``) and the node's kernel (major, minor) to the
+    CRI handler features.
 
-    Recursive read-only mounts need the ``rro`` mount option; user namespaces for pods need the ``user``
-    namespace and id-mapped mounts (``linux.mountExtensions.idmap.enabled``, runc >= 1.2). Without the
+    Recursive read-only mounts need the ``rro`` mount option and a kernel with ``mount_setattr`` (5.12, the
+    gate containerd applies too: runc lists ``rro`` whatever the kernel); user namespaces for pods need the
+    ``user`` namespace and id-mapped mounts (``linux.mountExtensions.idmap.enabled``, runc >= 1.2). Without the
     document (runc < 1.1) nothing is claimed.
     """
     if not runtime_features:
@@ -31,7 +37,7 @@ def features_from(runtime_features: Mapping[str, Any] | None) -> HandlerFeatures
     linux = runtime_features.get("linux") or {}
     idmap = ((linux.get("mountExtensions") or {}).get("idmap") or {}).get("enabled") is True
     return HandlerFeatures(
-        recursive_read_only_mounts="rro" in (runtime_features.get("mountOptions") or []),
+        recursive_read_only_mounts=kernel >= RRO_KERNEL and "rro" in (runtime_features.get("mountOptions") or []),
         user_namespaces=idmap and "user" in (linux.get("namespaces") or []),
     )
 
@@ -76,5 +82,5 @@ class RuncShim(DelegatingShim):
         )
 
     async def features(self) -> HandlerFeatures:
-        return features_from(await self.runtime.features())
+        return features_from(await self.runtime.features(), kernel_version(platform.release()))
 
