@@ -18,6 +18,7 @@ Files under the driver's ``state_dir``::
         conmon.pid              conmon's pid (-P)
         pid                     the container's init pid (-p, written by the runtime)
         started                 made once the container was started
+        log-path                the path of the container's CRI log, if it has one
         conmon.log              what conmon printed before it detached (its errors end up here)
         oom                     created by conmon when the kernel OOM-killed the container
         exec/<exec-id>/         process.json and pid file of an exec; runtime.log of an interactive exec
@@ -78,6 +79,9 @@ CTL_RESIZE = 1
 CTL_REOPEN_LOG = b"2 0 0\n"
 """conmon's control fifo message asking it to reopen the log file."""
 
+REOPEN_WAIT = 2.0
+"""Seconds ``reopen_log`` waits for conmon to create the new log file (conmon reopens it after reading its fifo)."""
+
 MAX_TERMINAL_SIZE = 1000
 """conmon ignores resize messages with more rows or columns than this."""
 
@@ -123,6 +127,11 @@ class ContainerFiles:
     @property
     def conmon_log(self) -> Path:
         return self.dir / "conmon.log"
+
+    @property
+    def log_path(self) -> Path:
+        """Holds the path of the container's CRI log (absent without one): what ``reopen_log`` waits for."""
+        return self.dir / "log-path"
 
     @property
     def started(self) -> Path:
@@ -375,6 +384,8 @@ class ConmonRuntime:
         self._check_new(task)
         files = await self._fresh_files(task.id)
         try:
+            if task.stdio.log_path is not None:
+                files.log_path.write_text(str(task.stdio.log_path))
             pid = await self._spawn_conmon(files, await self.conmon_command(task, files))
         except BaseException:
             await asyncio.shield(self.discard(files))
@@ -709,8 +720,19 @@ class ConmonRuntime:
         self._tell_conmon(container_id, resize_message(width, height))
 
     async def reopen_log(self, container_id: str) -> None:
-        """Ask conmon to reopen the container's log file (control fifo message ``2 0 0``)."""
+        """Ask conmon to reopen the container's log file (control fifo message ``2 0 0``) and return once the
+        new file exists (the kubelet checks for it as soon as the call returns)."""
         self._tell_conmon(container_id, CTL_REOPEN_LOG)
+        try:
+            log_path = Path(self.files(container_id).log_path.read_text())
+        except FileNotFoundError:
+            return  # no log file (or a container of a crirt that did not record its path)
+        deadline = time.monotonic() + REOPEN_WAIT
+        while not log_path.exists():
+            if time.monotonic() > deadline or _conmon_pid(self.files(container_id)) is None:
+                raise RuntimeFailure(f"conmon of container {container_id!r} did not reopen its log {log_path} "
+                                     f"within {REOPEN_WAIT:g}s")
+            await asyncio.sleep(0.005)
 
     def _tell_conmon(self, container_id: str, message: bytes) -> None:
         """Write ``message`` to conmon's control fifo (``<bundle>/ctl``); FailedPrecondition without a conmon."""

@@ -31,25 +31,9 @@ HOST_LIMITED: dict[str, str] = {
         "applet through /proc/self/exe and never executes the masked /bin/ls (upstream's busybox image does)",
 }
 KNOWN_FAILING: dict[str, str] = {
-    "[k8s.io] Idempotence StopContainer should not return an error if not found":
-        "StopContainer of an unknown id answers NOT_FOUND; the CRI wants OK",
     "[k8s.io] Container runtime should support log runtime should support reopening container log [Conformance]":
         "ReopenContainerLog does not always create the new log file (\"new container log file should be created\"; "
         "fails in some runs)",
-    "[k8s.io] Security Context SeccompProfilePath should support seccomp localhost profile on the container":
-        "localhost seccomp profile (SecurityProfile.localhost_ref): CreateContainer fails with \"the caller did "
-        "not read it\" (crirt.oci.seccomp.load_profile)",
-    "[k8s.io] Security Context SeccompProfilePath runtime should support an seccomp profile that blocks setting "
-    "hostname with SYS_ADMIN": "localhost seccomp profile, as above",
-    "[k8s.io] Container Mount Readonly runtime should support readonly mounts should support recursive readonly "
-    "mounts": "recursive read-only mounts: CreateContainer answers INVALID_ARGUMENT \"the runtime handler does not "
-              "support recursive read-only mounts\"",
-    "[k8s.io] Security Context SupplementalGroupsPolicy when SupplementalGroupsPolicy=Merge (Default) if the "
-    "container's primary UID belongs to some groups in the image, runtime should add SupplementalGroups to them":
-        "SupplementalGroupsPolicy: Status does not advertise features.supplemental_groups_policy, so it skips",
-    "[k8s.io] Security Context SupplementalGroupsPolicy when SupplementalGroupsPolicy=Strict even if the "
-    "container's primary UID belongs to some groups in the image, runtime should not add SupplementalGroups to "
-    "them": "SupplementalGroupsPolicy, as above",
 }
 """crirt bugs being fixed now: these may fail or skip; delete an entry when its fix lands."""
 EXPECTED_SKIPS: dict[str, str] = {
