@@ -30,11 +30,7 @@ HOST_LIMITED: dict[str, str] = {
         "harness image: Debian's busybox-static is built with FEATURE_SH_STANDALONE, so `sh -c ls` runs the ls "
         "applet through /proc/self/exe and never executes the masked /bin/ls (upstream's busybox image does)",
 }
-KNOWN_FAILING: dict[str, str] = {
-    "[k8s.io] Container runtime should support log runtime should support reopening container log [Conformance]":
-        "ReopenContainerLog does not always create the new log file (\"new container log file should be created\"; "
-        "fails in some runs)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 """crirt bugs being fixed now: these may fail or skip; delete an entry when its fix lands."""
 EXPECTED_SKIPS: dict[str, str] = {
     "[k8s.io] AppArmor ": "left out with --ginkgo.skip: AppArmor is off on this kind of host",
