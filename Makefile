@@ -10,15 +10,16 @@ TEST_PACKAGES ?= busybox-static docker-registry skopeo umoci containerd runsc
 NODE_CLIENTS := tests/support/node
 CONFIG ?=
 PYTEST_ARGS ?=
+BUSYBOX_DEB := tests/.cache/busybox.deb
 
-.PHONY: serve test proto bench system venv node clean
+.PHONY: serve test proto bench system venv node busybox-deb clean
 
 serve: APT_PACKAGES = $(RUNTIME_PACKAGES)
 serve: system venv
 	$(VENV)/bin/crirt serve $(if $(CONFIG),--config $(CONFIG))
 
 test: APT_PACKAGES = $(RUNTIME_PACKAGES) $(TEST_PACKAGES)
-test: system venv node
+test: system venv node busybox-deb
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 proto: venv
@@ -55,5 +56,14 @@ $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLI
 	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Debian's dynamically linked busybox for critest's images (its sh executes /bin/ls; busybox-static's runs its
+# applet): downloaded, not installed, as it conflicts with busybox-static.
+busybox-deb: $(BUSYBOX_DEB)
+
+$(BUSYBOX_DEB):
+	mkdir -p $(@D)
+	cd $(@D) && { apt-get download -q busybox || { apt-get update -q && apt-get download -q busybox; }; }
+	mv $(@D)/busybox_*.deb $@
+
 clean:
-	rm -rf $(VENV) crirt.egg-info $(NODE_CLIENTS)/node_modules
+	rm -rf $(VENV) crirt.egg-info $(NODE_CLIENTS)/node_modules tests/.cache

@@ -26,9 +26,6 @@ HOST_LIMITED: dict[str, str] = {
     "[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]":
         "pulls one exact upstream digest (gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2...), "
         "which no locally built image can have",
-    "[k8s.io] Security Context bucket runtime should support MaskedPaths":
-        "harness image: Debian's busybox-static is built with FEATURE_SH_STANDALONE, so `sh -c ls` runs the ls "
-        "applet through /proc/self/exe and never executes the masked /bin/ls (upstream's busybox image does)",
 }
 KNOWN_FAILING: dict[str, str] = {}
 """crirt bugs being fixed now: these may fail or skip; delete an entry when its fix lands."""

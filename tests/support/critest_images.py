@@ -1,4 +1,4 @@
-"""The images critest (cri-tools v1.36.0) pulls, built from Debian's busybox-static and served in "mirror mode".
+"""The images critest (cri-tools v1.36.0) pulls, built from Debian's busybox and served in "mirror mode".
 
 critest names upstream images (``registry.k8s.io/e2e-test-images/...``, ``gcr.io/k8s-staging-cri-tools/...``,
 ``public.ecr.aws/docker/library/busybox:...``) and compares image names, tags, ids and users against what it
@@ -7,9 +7,11 @@ pulled, so the names must stay the upstream ones. Every image is pushed to one l
 
 What each image does mirrors cri-tools' ``images/`` Dockerfiles and what ``pkg/validate`` checks:
 
-- the busybox base has every applet as a hard link to /bin/busybox (as the busybox image does: a symlink would
-  make a masked ``/bin/ls`` mask busybox itself), the busybox image's users and groups, and an ``ipcs`` script
-  (Debian's busybox has none) reading /proc/sysvipc/shm;
+- the busybox base is Debian's dynamically linked busybox with the host's shared libraries it needs: its sh,
+  unlike busybox-static's (FEATURE_SH_STANDALONE), executes ``/bin/ls`` for ``sh -c ls`` as the busybox image's
+  does, so a masked /bin/ls is refused; every applet is a hard link to /bin/busybox (as the busybox image has: a
+  symlink would make a masked ``/bin/ls`` mask busybox itself); the busybox image's users and groups, and an
+  ``ipcs`` script (Debian's busybox has none) reading /proc/sysvipc/shm;
 - the nginx stand-ins are a shell script named ``nginx`` (so ``pidof nginx`` finds it) that re-executes itself
   with "nginx: master process" in its command line, writes /var/run/nginx.pid and runs busybox httpd;
 - nonewprivs runs a setuid-root static helper printing "Effective uid: N" (busybox drops setuid privileges);
@@ -21,15 +23,19 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.images import BUSYBOX, LayerTar, Layout, push
+from support.images import LayerTar, Layout, push
 
 E2E = "registry.k8s.io/e2e-test-images"
 CRI_TOOLS = "gcr.io/k8s-staging-cri-tools"
 ECR_BUSYBOX = "public.ecr.aws/docker/library/busybox"
+BUSYBOX_DEB = Path(__file__).resolve().parents[1] / ".cache" / "busybox.deb"
+"""Debian's dynamically linked busybox package, downloaded by ``make busybox-deb`` (it conflicts with the
+busybox-static the other tests use, so it is never installed)."""
 UPSTREAM_HOSTS = ("registry.k8s.io", "k8s.gcr.io", "gcr.io", "public.ecr.aws")
 """The registries critest names; each is mirrored to ``<local registry>/<host>`` with no fallback, and pulls
 from any other registry are refused."""
@@ -120,22 +126,42 @@ def static_elf(code: bytes, base: int = 0x400000) -> bytes:
     return ehdr + phdr + code
 
 
-def busybox_base() -> LayerTar:
-    """The busybox image's root: /bin/busybox and every applet hard-linked to it, accounts, empty dirs."""
+def busybox_base(busybox: Path) -> LayerTar:
+    """The busybox image's root: ``busybox``, its shared libraries, applets hard-linked to it, accounts, dirs."""
     layer = LayerTar()
-    for directory in ("bin", "etc", "home", "root", "usr", "usr/bin", "usr/sbin", "var", "var/run", "var/www"):
+    libraries = shared_libraries(busybox)
+    directories = {"bin", "etc", "home", "root", "usr", "usr/bin", "usr/sbin", "var", "var/run", "var/www"}
+    directories |= {str(parent) for library in libraries for parent in Path(library).parents if str(parent) != "."}
+    for directory in sorted(directories):
         layer.dir(directory, mode=0o700 if directory == "root" else 0o755)
     layer.dir("tmp", mode=0o1777)
-    layer.file("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)
-    for applet in _applets():
+    for library in libraries:
+        layer.file(library, (Path("/") / library).read_bytes(), mode=0o755)
+    layer.file("bin/busybox", busybox.read_bytes(), mode=0o755)
+    for applet in _applets(busybox):
         layer.hardlink(f"bin/{applet}", "bin/busybox", mode=0o755)
     layer.file("usr/bin/ipcs", IPCS, mode=0o755).file("usr/bin/pgrep", PGREP, mode=0o755)
     layer.file("etc/passwd", PASSWD).file("etc/group", GROUP)
     return layer
 
 
-def _applets() -> list[str]:
-    names = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+def dynamic_busybox(work: Path) -> Path:
+    """/bin/busybox of ``BUSYBOX_DEB``, extracted under ``work``."""
+    if not BUSYBOX_DEB.is_file():
+        raise FileNotFoundError(f"{BUSYBOX_DEB} is missing: `make busybox-deb` downloads it (apt-get download)")
+    subprocess.run(["dpkg-deb", "-x", str(BUSYBOX_DEB), str(work)], check=True)
+    return work / "bin" / "busybox"
+
+
+def shared_libraries(binary: Path) -> list[str]:
+    """The host's shared libraries ``binary`` loads (its ELF interpreter included), as paths relative to /."""
+    lines = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines()
+    paths = [line.split("=>")[-1].split()[0] for line in lines if "/" in line]
+    return sorted(path.lstrip("/") for path in paths)
+
+
+def _applets(busybox: Path) -> list[str]:
+    names = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
     return sorted(name for name in names if name not in ("busybox", "ipcs", "pgrep") and "/" not in name)
 
 
@@ -211,7 +237,8 @@ def publish(path: Path, registry_host: str) -> dict[str, str]:
     """Build every image of ``specs`` in a layout at ``path`` and push each name to the local registry under
     ``<upstream host>/<repository>``; returns upstream reference -> image id (the config digest)."""
     layout = Layout(path)
-    base = (busybox_base().bytes(), "gzip")
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        base = (busybox_base(dynamic_busybox(Path(work))).bytes(), "gzip")
     ids = {}
     for spec in specs():
         config = {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], **spec.config}
