@@ -409,22 +409,33 @@ class SandboxService:
         """Kill the pod's containers still running (SIGKILL at once) and its infra container and release its network and
         namespaces. Stopping a stopped or unknown sandbox is fine."""
         record = self.find(command.pod_sandbox_id)
-        if record is None or record.phase in (Phase.STOPPED, Phase.REMOVING, Phase.CREATING, Phase.LEFTOVER):
-            return StopPodSandboxResult()
+        if record is not None:
+            await self._stop(record)
+        return StopPodSandboxResult()
+
+    async def _stop(self, record: SandboxRecord) -> None:
+        """Tear a pod down to STOPPED (under its lock, or at start before serving)."""
+        if record.phase in (Phase.STOPPED, Phase.REMOVING, Phase.CREATING, Phase.LEFTOVER):
+            return
         record = self._put(record.model_copy(update={"phase": Phase.STOPPING}))
         errors = await self._teardown(record)
         if errors:
             self._put(record.model_copy(update={"problem": "; ".join(errors)}))
             raise CleanupError(f"stopping pod sandbox {record.id}: " + "; ".join(errors))
         self._put(record.model_copy(update={"phase": Phase.STOPPED, "problem": "", "infra_pid": 0}))
-        return StopPodSandboxResult()
 
     async def remove(self, command: RemovePodSandboxCommand) -> RemovePodSandboxResult:
         """Remove the pod's containers forcibly, tear down whatever is left and forget the sandbox.
         Removing an unknown sandbox is fine."""
         record = self.find(command.pod_sandbox_id)
-        if record is None:
-            return RemovePodSandboxResult()
+        if record is not None:
+            await self._remove(record)
+        return RemovePodSandboxResult()
+
+    async def _remove(self, record: SandboxRecord) -> None:
+        """Remove a pod and its containers, then forget it (under its lock, or at start before serving)."""
+        if record.phase in (Phase.CREATING, Phase.LEFTOVER):
+            return
         record = self._put(record.model_copy(update={"phase": Phase.REMOVING}))
         errors = []
         try:  # forcibly: stopped with SIGKILL if still running
@@ -441,7 +452,6 @@ class SandboxService:
             self._put(record.model_copy(update={"problem": "; ".join(errors)}))
             raise CleanupError(f"removing pod sandbox {record.id}: " + "; ".join(errors))
         self._forget(record)
-        return RemovePodSandboxResult()
 
     async def _for_containers(self, command: KillPodContainersCommand | RemovePodContainersCommand) -> None:
         """Ask the container service, through the bus, to deal with the pod's containers (nothing to do when no
@@ -550,13 +560,13 @@ class SandboxService:
             await self._undo_run(record)
         elif record.phase == Phase.REMOVING:
             log.info("finishing the removal of sandbox %s", record.id)
-            await self._remove(record.id)
+            await self._remove(record)
         elif record.phase == Phase.STOPPING:
             log.info("finishing the stop of sandbox %s", record.id)
-            await self._stop(record.id)
+            await self._stop(record)
         elif record.phase == Phase.READY and not await self._intact(record):
             log.warning("sandbox %s lost its namespaces or infra container (reboot?): stopping it", record.id)
-            await self._stop(record.id)
+            await self._stop(record)
 
     async def _intact(self, record: SandboxRecord) -> bool:
         paths = self.paths(record.id)

@@ -3,6 +3,7 @@
 Plugins import from here, from the drivers' modules ``crirt.shim.conmon`` and ``crirt.shim.taskv2`` (their
 public names only) and from ``crirt.errors``; nothing else of crirt (``tests/unit/test_plugin_imports.py``)."""
 
+from crirt.oci.host import kernel_version
 from crirt.proc import Completed, ProcessTimeout
 from crirt.proc import run as run_program
 from crirt.shim.contract import (
@@ -42,6 +43,7 @@ __all__ = [
     "TaskState",
     "check_known",
     "executable",
+    "kernel_version",
     "run_program",
     "stats_of_each",
 ]

@@ -1,7 +1,7 @@
 """critest v1.36.0, the CRI conformance suite, against crirt with the runc handler in mirror mode.
 
-Every spec must pass except those in ``HOST_LIMITED`` (cannot pass on this kind of machine) and
-``KNOWN_FAILING`` (crirt bugs being fixed: delete an entry when its fix lands; the run reports entries that pass).
+Every spec must pass except those in ``HOST_LIMITED`` (cannot pass on this kind of machine; the run reports an
+entry that passes, so it can be deleted).
 AppArmor specs (the host has AppArmor off) and the benchmarks (not run without ``-benchmark``) are left out.
 The ginkgo JSON report is kept in ``tests/.artifacts/critest-report.json``.
 """
@@ -27,8 +27,6 @@ HOST_LIMITED: dict[str, str] = {
         "pulls one exact upstream digest (gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2...), "
         "which no locally built image can have",
 }
-KNOWN_FAILING: dict[str, str] = {}
-"""crirt bugs being fixed now: these may fail or skip; delete an entry when its fix lands."""
 EXPECTED_SKIPS: dict[str, str] = {
     "[k8s.io] AppArmor ": "left out with --ginkgo.skip: AppArmor is off on this kind of host",
     "benchmark about ": "benchmarks run only with -benchmark",
@@ -37,7 +35,7 @@ EXPECTED_SKIPS: dict[str, str] = {
 }
 """Name fragments of specs that skip by design, and why; any other skip fails the run."""
 
-ACCEPTED_FAILURES = {**HOST_LIMITED, **KNOWN_FAILING}
+ACCEPTED_FAILURES = HOST_LIMITED
 OK_STATES = {"passed"}
 
 
@@ -88,7 +86,6 @@ def test_critest(cri_env: CriEnv) -> None:
 
     unexpected = {name: failure_message(spec) for name, spec in failed.items() if name not in ACCEPTED_FAILURES}
     assert not unexpected, f"critest specs failed: {json.dumps(unexpected, indent=1)}"
-    surprise_skips = [name for name in skipped if name not in KNOWN_FAILING
-                      and not any(fragment in name for fragment in EXPECTED_SKIPS)]
+    surprise_skips = [name for name in skipped if not any(fragment in name for fragment in EXPECTED_SKIPS)]
     assert not surprise_skips, f"critest skipped specs expected to run: {surprise_skips}"
     assert len(ran) > 100 and passed, f"critest ran only {len(ran)} specs (exit {result.returncode})"

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crirt.oci.host import kernel_version
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable, kernel_version
 from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
