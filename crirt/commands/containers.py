@@ -60,6 +60,7 @@ class StartContainerCommand(Command):
 
     rpc = "StartContainer"
     result = StartContainerResult
+    run_to_completion = True  # a task the runtime started is recorded and watched, whoever waits
 
     container_id: RequiredId
 

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from crirt.config import Config
 from crirt.containers.pods import Pods
 from crirt.containers.queries import CONTAINERS
 from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name_key
+from crirt.containers.retry import Janitor, wait_for_exit
 from crirt.containers.update import merged_resources, updated_config, updated_spec
 from crirt.errors import AlreadyExists, CrirtError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from crirt.images.service import ImageService
@@ -102,6 +103,18 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a directory tree; an error (other than its absence) is raised, not ignored."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+async def _all(steps: list[Callable[[], Awaitable[Any]]]) -> None:
+    """Run each step in turn; the first failure is raised (the janitor retries them all)."""
+    for step in steps:
+        await step()
+
+
 def cap_output(stdout: bytes, stderr: bytes, limit: int = EXEC_OUTPUT_LIMIT) -> tuple[bytes, bytes]:
     """Keep at most ``limit`` bytes of output in all, stdout first."""
     stdout = stdout[:limit]
@@ -128,6 +141,7 @@ class ContainerService:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._verbose_info: dict[str, tuple[ContainerRecord, str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._janitor = Janitor()
         self._host: HostFacts | None = None
 
     def register(self, bus: Bus) -> None:
@@ -221,6 +235,7 @@ class ContainerService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
+        await self._janitor.close()
 
     # ---- lookups and writes -----------------------------------------------------------------------------
 
@@ -375,16 +390,27 @@ class ContainerService:
         return self._put(record)
 
     async def _undo_create(self, container_id: str, shim: Shim, made: list[str]) -> None:
-        """Remove what a failed CreateContainer made, newest first."""
+        """Remove what a failed CreateContainer made, newest first, every step whatever fails; what cannot be
+        removed now is retried by the janitor (and at the next start, as an orphan)."""
         if container_id in self.records:
             self.listing.delete(container_id)
             self.records.delete(container_id)
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if "task" in made:
-            await shim.delete(container_id)
+            steps.append(("task", lambda: shim.delete(container_id)))
         if "bundle" in made:
-            await asyncio.to_thread(shutil.rmtree, self.bundles / container_id, True)
+            steps.append(("bundle", lambda: asyncio.to_thread(_remove_tree, self.bundles / container_id)))
         if "rootfs" in made:
-            await self.images.snapshots.remove_rootfs(container_id)
+            steps.append(("rootfs", lambda: self.images.snapshots.remove_rootfs(container_id)))
+        failed = []
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                log.warning("undoing CreateContainer %s: removing its %s failed: %s", container_id, what, exc)
+                failed.append(step)
+        if failed:
+            self._janitor.add(f"container {container_id}", lambda: _all(failed))
 
     # ---- StartContainer ---------------------------------------------------------------------------------------
 
@@ -414,15 +440,15 @@ class ContainerService:
                                else None)
 
     async def _watch_exit(self, container_id: str, handler: str) -> None:
+        """Wait for the container's exit and record it; a failing wait is asked again (``retry.wait_for_exit``):
+        an exit is never lost."""
         try:
-            status = await self.registry.resolve(handler).wait(container_id)
+            status = await wait_for_exit(lambda: self.registry.resolve(handler).wait(container_id),
+                                         f"container {container_id}")
         except NotFound:
             log.warning("container %s vanished from its runtime without a recorded exit", container_id)
             await self._exited(container_id, ExitStatus(exit_code=LOST_EXIT_CODE, exited_at=time.time_ns()),
                                "the container's task vanished from its runtime without a recorded exit")
-            return
-        except CrirtError as exc:
-            log.warning("watching container %s: %s", container_id, exc)
             return
         await self._exited(container_id, status)
         self._release_soon(container_id, handler)
