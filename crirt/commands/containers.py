@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import posixpath
+
+from pydantic import Field, field_validator
 
 from crirt.commands.base import Command, Result
 from crirt.model.common import LinuxContainerResources
@@ -25,9 +27,30 @@ class NamedContainerMetadata(ContainerMetadata):
 
 
 class NamedContainerConfig(ContainerConfig):
-    """A container configuration that must carry a named metadata."""
+    """A container configuration that must carry a named metadata, and a log path inside the log directory."""
 
     metadata: NamedContainerMetadata
+
+    @field_validator("log_path")
+    @classmethod
+    def _check_log_path(cls, log_path: str) -> str:
+        return relative_log_path(log_path)
+
+
+def relative_log_path(log_path: str) -> str:
+    """``log_path`` if it names a file inside the sandbox's log directory, which the CRI makes it relative to;
+    an absolute path or one whose ``..`` leaves the directory would put the log elsewhere on the host. The
+    messages leave the value out, so a hostile request cannot fill them."""
+    if not log_path:
+        return log_path
+    if "\x00" in log_path:
+        raise ValueError("must not contain NUL")
+    if log_path.startswith("/"):
+        raise ValueError("must be relative to the sandbox's log_directory, not absolute")
+    normal = posixpath.normpath(log_path)
+    if normal == "." or normal == ".." or normal.startswith("../"):
+        raise ValueError("must name a file inside the sandbox's log_directory")
+    return log_path
 
 
 class CreateContainerResult(Result):

@@ -62,17 +62,24 @@ PROGRESS_INTERVAL = 10.0
 class _Flight(Generic[T]):
     task: asyncio.Task[T]
     waiters: int = 0
+    abandoned: bool = False  # every caller gave up and the task was cancelled; it may still be cleaning up
 
 
 @dataclass
 class Flights(Generic[K, T]):
-    """Callers asking for the same key share one task; it is cancelled only when every caller gave up."""
+    """Callers asking for the same key share one task; it is cancelled only when every caller gave up.
+
+    A caller arriving while an abandoned task still cleans up waits for it to end, then starts the work
+    afresh: it must not inherit a cancellation it did not ask for."""
 
     _flights: dict[K, _Flight[T]] = field(default_factory=dict)
 
     async def run(self, key: K, start: Callable[[], Awaitable[T]]) -> T:
         flight = self._flights.get(key)
-        if flight is None:
+        while flight is not None and flight.abandoned and not flight.task.done():
+            await asyncio.wait([flight.task])
+            flight = self._flights.get(key)
+        if flight is None or flight.abandoned:
             flight = _Flight(asyncio.ensure_future(start()))
             self._flights[key] = flight
             flight.task.add_done_callback(lambda task, f=flight: self._landed(key, f))
@@ -82,6 +89,7 @@ class Flights(Generic[K, T]):
         except asyncio.CancelledError:
             if flight.waiters == 1 and not flight.task.done():
                 # The last caller gave up: stop the work, and let it finish cleaning up before returning.
+                flight.abandoned = True
                 flight.task.cancel()
                 with contextlib.suppress(BaseException):
                     await flight.task

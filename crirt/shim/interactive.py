@@ -44,6 +44,8 @@ OUTPUT_QUEUE = 16
 KILL_WAIT = 5.0
 """How long closing waits for the runtime to exit after the process was killed, before killing the runtime."""
 MAX_TERMINAL_SIZE = 65535
+MAX_ANCESTRY = 64
+"""How many parents up ``open_descendant`` looks for the runtime (an exec'd process sits a few below it)."""
 
 
 def session_of(stat: str) -> int:
@@ -51,11 +53,44 @@ def session_of(stat: str) -> int:
     return int(stat.rsplit(")", 1)[1].split()[3])
 
 
-def kill_session(leader: int) -> None:
-    """SIGKILL ``leader`` and every process of the session it leads: runc makes an exec'd process a session
-    leader (setsid), so this takes its children and background jobs too."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(leader, signal.SIGKILL)
+def parent_of(stat: str) -> int:
+    """The parent pid in a ``/proc/PID/stat`` line."""
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def open_descendant(pid: int, ancestor: int) -> int | None:
+    """A pidfd for ``pid`` if it is ``ancestor`` or descends from it, else None (not its, or gone).
+
+    The pidfd is opened before the ancestry is read and found still alive afterwards, so the ancestry read is
+    the pidfd's process's and not that of a process given the same pid in between (``ancestor``, an unreaped
+    child of ours, keeps its pid)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone, or no pid at all
+        return None
+    try:
+        current = pid
+        for _ in range(MAX_ANCESTRY):
+            if current == ancestor:
+                signal.pidfd_send_signal(pidfd, 0)
+                return pidfd
+            if current <= 1:
+                break
+            with open(f"/proc/{current}/stat") as f:
+                current = parent_of(f.read())
+    except (OSError, ValueError, IndexError):
+        pass  # gone meanwhile
+    os.close(pidfd)
+    return None
+
+
+def kill_session(leader: int, pidfd: int | None) -> None:
+    """SIGKILL the session led by ``leader``: the leader itself through ``pidfd`` (None once it has exited),
+    and every process of its session. runc makes an exec'd process a session leader (setsid), so this takes its
+    children and background jobs too; a session's id cannot go to another process while a member holds it."""
+    if pidfd is not None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -98,6 +133,7 @@ class ForegroundExec(ProcessIO):
         self._open_outputs = len(self._pumps)
         self._writer: asyncio.Future[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._leader: int | None = None  # a pidfd of the exec'd process, once found to be the runtime's
 
     @classmethod
     async def start(cls, argv: Sequence[str], *, terminal: bool, stdin: bool, pid_file: Path,
@@ -250,6 +286,9 @@ class ForegroundExec(ProcessIO):
             self._stdin = None
             for fd in list(self._fds):
                 self._close_fd(fd)
+            if self._leader is not None:
+                os.close(self._leader)
+                self._leader = None
             self._cleanup()
 
     async def _kill(self) -> None:
@@ -260,9 +299,19 @@ class ForegroundExec(ProcessIO):
         while not self._exit.done() and loop.time() < deadline:
             pid = self.pid
             if pid is not None:
-                await asyncio.to_thread(kill_session, pid)  # a walk of /proc
+                await asyncio.to_thread(self._kill_session, pid)  # a walk of /proc
             await asyncio.wait((self._exit,), timeout=0.05)
         if not self._exit.done():
             log.warning("%s did not exit after its exec'd process was killed; killing it", self._proc.pid)
             self._proc.kill()
             await self._exit
+
+    def _kill_session(self, pid: int) -> None:
+        """Kill the session of ``pid`` (from the pid file) if it is this exec's: the process descends from the
+        runtime, or has exited (its session members, if any, still hold the number). A live process that
+        does not descend from the runtime got the pid after the exec's process ended and is left alone."""
+        if self._leader is None:
+            self._leader = open_descendant(pid, self._proc.pid)
+        if self._leader is None and os.path.exists(f"/proc/{pid}"):
+            return
+        kill_session(pid, self._leader)

@@ -44,18 +44,25 @@ def test_missing_binary_is_oserror() -> None:
         asyncio.run(proc.run(["/nonexistent/binary"]))
 
 
-def test_cancellation_lets_the_process_finish_within_the_grace(tmp_path) -> None:
+@pytest.mark.parametrize("given_output", [False, True])  # True: stdio handed over, as gVisor's ``runsc start``
+def test_cancellation_lets_the_process_finish_within_the_grace(tmp_path, given_output: bool) -> None:
     marker = tmp_path / "finished"
+    out = os.open(tmp_path / "output", os.O_WRONLY | os.O_CREAT)
 
     async def cancel() -> None:
-        task = asyncio.ensure_future(proc.run(["sh", "-c", f"sleep 0.4; touch {marker}"], grace=5))
+        task = asyncio.ensure_future(proc.run(["sh", "-c", f"sleep 0.4; echo done; touch {marker}"], grace=5,
+                                              output=(out, out) if given_output else None))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert marker.exists()
 
-    asyncio.run(cancel())
+    try:
+        asyncio.run(cancel())
+    finally:
+        os.close(out)
+    assert marker.exists()
+    assert (tmp_path / "output").read_bytes() == (b"done\n" if given_output else b"")
 
 
 def test_cancellation_kills_after_the_grace() -> None:

@@ -58,11 +58,12 @@ class Pods:
 
     def create(self, sandbox_id: str, name: str, *, image: str = "", command: list[str] | None = None,
                args: list[str] | None = None, envs: dict[str, str] | None = None, working_dir: str = "",
-               mounts: list[Any] | None = None, context: Any = None, resources: Any = None) -> str:
+               mounts: list[Any] | None = None, context: Any = None, resources: Any = None,
+               log_path: str = "") -> str:
         pb = self.pb
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image or self.env.image),
-            command=command or [], args=args or [], working_dir=working_dir, log_path=f"{name}/0.log",
+            command=command or [], args=args or [], working_dir=working_dir, log_path=log_path or f"{name}/0.log",
             envs=[pb.KeyValue(key=k, value=v.encode()) for k, v in (envs or {}).items()], mounts=mounts or [])
         if context is not None:
             config.linux.security_context.CopyFrom(context)
@@ -264,6 +265,18 @@ def test_unknown_user_names_are_refused(pods: Pods, images: dict[str, str]) -> N
     assert "run_as_username" in error.details()
     listed = pods.rt.ListContainers(pb.ListContainersRequest(), timeout=10).containers
     assert not [c for c in listed if c.pod_sandbox_id == pod]
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_a_log_path_outside_the_log_directory_is_refused(pods: Pods, tmp_path: Path, where: str) -> None:
+    pod = pods.pod()
+    stray = tmp_path / "stray.log" if where == "absolute" else pods.logs / "stray.log"  # pods.logs/<pod name>/..
+    log_path = str(stray) if where == "absolute" else "../stray.log"
+    error = error_of(lambda: pods.create(pod, "stray", command=[*SH, "true"], log_path=log_path))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "config.log_path" in error.details()
+    assert not stray.exists()
+    listed = pods.rt.ListContainers(pods.pb.ListContainersRequest(), timeout=10).containers
+    assert not [c for c in listed if c.pod_sandbox_id == pod]  # nothing half-made
 
 
 # ---- 5. environment, working directory, argv ------------------------------------------------------------------

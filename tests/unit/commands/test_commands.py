@@ -206,6 +206,21 @@ def test_nested_required_fields():
     ALL_COMMANDS["RunPodSandbox"](config={"metadata": {"name": "pod", "uid": "u1", "namespace": "ns"}})
 
 
+@pytest.mark.parametrize("log_path", ["/tmp/x.log", "../x.log", "a/../../x.log", "..", ".", "a/..", "a\x00.log"])
+def test_a_log_path_outside_the_log_directory_is_refused(log_path: str):
+    with pytest.raises(ValidationError) as error:
+        ALL_COMMANDS["CreateContainer"](pod_sandbox_id="p1", config={"metadata": {"name": "app"},
+                                                                     "log_path": log_path})
+    assert [e["loc"] for e in error.value.errors()] == [("config", "log_path")]
+
+
+@pytest.mark.parametrize("log_path", ["", "app/0.log", "app.log", "a/../b/0.log", "./app/1.log"])
+def test_a_log_path_inside_the_log_directory_is_accepted(log_path: str):
+    created = ALL_COMMANDS["CreateContainer"](pod_sandbox_id="p1", config={"metadata": {"name": "app"},
+                                                                           "log_path": log_path})
+    assert created.config.log_path == log_path
+
+
 def test_exec_needs_a_command_and_a_stream():
     with pytest.raises(ValidationError):
         ALL_COMMANDS["ExecSync"](container_id="c1", cmd=[])

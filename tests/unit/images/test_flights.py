@@ -55,6 +55,37 @@ def test_the_last_caller_leaving_cancels_the_work() -> None:
     asyncio.run(main())
 
 
+def test_a_caller_arriving_while_abandoned_work_cleans_up_restarts_it() -> None:
+    async def main() -> None:
+        flights: Flights[str, int] = Flights()
+        runs: list[str] = []
+        cleaning = asyncio.Event()
+
+        async def work() -> int:
+            runs.append("start")
+            try:
+                if len(runs) == 1:
+                    await asyncio.sleep(3600)
+                return 42
+            finally:
+                if len(runs) == 1:
+                    cleaning.set()
+                    await asyncio.sleep(0.05)  # cleaning up after the cancellation takes a while
+                runs.append("end")
+
+        first = asyncio.create_task(flights.run("k", work))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await cleaning.wait()
+        second = asyncio.create_task(flights.run("k", work))  # joins while the cancelled work cleans up
+        assert await second == 42
+        assert runs == ["start", "end", "start", "end"]  # restarted, and only after the old work ended
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(main())
+
+
 def test_leases_count_holders() -> None:
     leases = Leases()
     with leases.scope() as one, leases.scope() as two:
