@@ -53,7 +53,7 @@ def _load(config: Path | None, **overrides: object) -> tuple[Config, DefaultHand
     except ConfigError as exc:
         for line in exc.lines:
             typer.echo(f"crirt: config error: {line}", err=True)
-        for line in looked[0].left_out if looked else []:  # may say why default_runtime is not a handler
+        for line in looked[0].left_out if looked else []:  # the error is default_runtime's: say what is missing
             typer.echo(f"crirt: {line}", err=True)
         raise typer.Exit(2) from None
 

@@ -194,11 +194,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
         raise ConfigError([f"{file}: no such config file"])
     try:
         config = Config(**data)
-        if default_runtimes is not None and "runtimes" not in config.model_fields_set:
-            config.runtimes = dict(default_runtimes())
         for key, value in (overrides or {}).items():
             if value is not None:
                 setattr(config, key, value)  # validated: validate_assignment is on
+        if default_runtimes is not None and "runtimes" not in config.model_fields_set:
+            config.runtimes = dict(default_runtimes())  # last: only default_runtime is checked after it
     except ValidationError as exc:
         raise ConfigError([_describe(err) for err in exc.errors()]) from None
     if config.default_runtime not in config.runtimes:
