@@ -165,8 +165,8 @@ class Shim(abc.ABC):
     @classmethod
     def available(cls, options: Mapping[str, Any]) -> str | None:
         """Whether a default handler with these options can work on this node: ``None``, or why not (e.g. its
-        runtime is not installed). Cheap and without side effects: crirt asks it of every installed plugin
-        before it loads the configuration."""
+        runtime is not installed). Cheap and without side effects: ``crirt serve`` and ``crirt config`` ask it
+        while they load a configuration without ``[runtimes]``, before any shim exists."""
         return None
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
