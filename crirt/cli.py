@@ -10,8 +10,11 @@ from typing import Annotated
 import typer
 
 from crirt import __version__
-from crirt.config import Config, ConfigError, load_config
+from crirt.config import Config, ConfigError, RuntimeHandlerConfig, load_config
 from crirt.ctl import app as ctl_app
+from crirt.shim.defaults import DefaultHandlers, find_default_handlers
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="crirt: a Kubernetes CRI container runtime.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -35,12 +38,23 @@ def main(
     """crirt: a Kubernetes CRI container runtime."""
 
 
-def _load(config: Path | None, **overrides: object) -> Config:
+def _load(config: Path | None, **overrides: object) -> tuple[Config, DefaultHandlers | None]:
+    """The effective configuration, and the default handlers looked for when it has no ``[runtimes]`` table
+    (``None`` otherwise), whose left-out lines the caller reports."""
+    looked: list[DefaultHandlers] = []
+
+    def default_runtimes() -> dict[str, RuntimeHandlerConfig]:
+        looked.append(find_default_handlers())
+        return {name: RuntimeHandlerConfig(shim=spec.plugin, options=dict(spec.options))
+                for name, spec in looked[0].enabled.items()}
+
     try:
-        return load_config(config, overrides)
+        return load_config(config, overrides, default_runtimes), (looked[0] if looked else None)
     except ConfigError as exc:
         for line in exc.lines:
             typer.echo(f"crirt: config error: {line}", err=True)
+        for line in looked[0].left_out if looked else []:  # the error is default_runtime's: say what is missing
+            typer.echo(f"crirt: {line}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -55,11 +69,16 @@ def serve(
     """Serve the CRI on a unix socket until SIGTERM or SIGINT."""
     from crirt.server import StartupError, run
 
-    cfg = _load(config, address=address, root=root, state=state, log_level=log_level)
+    cfg, defaults = _load(config, address=address, root=root, state=state, log_level=log_level)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("hpack", "h2"):  # their debug output is per-frame noise
         logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+    if defaults is not None:
+        log.info("no [runtimes] in the configuration; serving the default runtime handlers %s",
+                 ", ".join(map(repr, cfg.runtimes)))
+        for line in defaults.left_out:
+            log.warning("%s", line)
     try:
         run(cfg)
     except StartupError as exc:
@@ -69,6 +88,10 @@ def serve(
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
-    """Print the effective configuration (file, environment and defaults merged) as JSON."""
-    typer.echo(_load(config).model_dump_json(indent=2))
+    """Print the effective configuration (file, environment and defaults merged) as JSON; on stderr, the
+    default runtime handlers left out and why."""
+    cfg, defaults = _load(config)
+    typer.echo(cfg.model_dump_json(indent=2))
+    for line in defaults.left_out if defaults is not None else []:
+        typer.echo(f"crirt: {line}", err=True)
 

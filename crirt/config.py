@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,8 +176,13 @@ class Config(BaseSettings):
         return (env_settings, init_settings)
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read ``path`` (``None``: the default file, if present), apply env and ``overrides``, validate."""
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
+                default_runtimes: Callable[[], Mapping[str, RuntimeHandlerConfig]] | None = None) -> Config:
+    """Read ``path`` (``None``: the default file, if present), apply env and ``overrides``, validate.
+
+    Without a ``[runtimes]`` table (in the file or the environment) the handlers are ``default_runtimes()``
+    (the installed plugins' defaults, ``crirt.shim.defaults``), plus the built-in ``runc`` one; ``None`` leaves
+    the built-in one alone."""
     file = path or DEFAULT_CONFIG_FILE
     data: dict[str, Any] = {}
     if file.exists():
@@ -191,6 +197,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         for key, value in (overrides or {}).items():
             if value is not None:
                 setattr(config, key, value)  # validated: validate_assignment is on
+        if default_runtimes is not None and "runtimes" not in config.model_fields_set:
+            config.runtimes = dict(default_runtimes())  # last: only default_runtime is checked after it
     except ValidationError as exc:
         raise ConfigError([_describe(err) for err in exc.errors()]) from None
     if config.default_runtime not in config.runtimes:

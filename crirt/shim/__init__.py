@@ -22,7 +22,7 @@ from crirt.shim.contract import (
     stats_of_each,
 )
 from crirt.shim.delegating import DelegatingShim, ShimDriver
-from crirt.shim.options import check_known, executable
+from crirt.shim.options import check_known, executable, missing_programs
 
 __all__ = [
     "API_VERSION",
@@ -44,6 +44,7 @@ __all__ = [
     "check_known",
     "executable",
     "kernel_version",
+    "missing_programs",
     "run_program",
     "stats_of_each",
 ]

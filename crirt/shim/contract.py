@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crirt.errors import CrirtError, Unimplemented
 
-API_VERSION = "2.0"
+API_VERSION = "2.1"
 """1.1: ``Shim.stats_many`` (optional; batched stats). 1.2: ``Shim.reopen_log`` (optional). 2.0: ``attach`` returns a
-``ProcessIO``; ``exec`` (detached) and ``pids``, which crirt never called, are gone."""
+``ProcessIO``; ``exec`` (detached) and ``pids``, which crirt never called, are gone. 2.1: ``Shim.default_handlers``
+and ``Shim.available`` (optional; the handlers served without a ``[runtimes]`` table)."""
 ENTRY_POINT_GROUP = "crirt.shims"
 
 
@@ -156,6 +157,17 @@ class Shim(abc.ABC):
     needs_infra_container: ClassVar[bool] = False
     """Whether every pod of this handler gets an infra container, not only ``pid: POD`` pods (gVisor: the
     pod's first container creates the sandbox that its other containers join)."""
+
+    default_handlers: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Handler name -> options: the handlers crirt serves with this plugin when its configuration has no
+    ``[runtimes]`` table, each only if ``available`` accepts its options (e.g. ``{"runsc": {}}``)."""
+
+    @classmethod
+    def available(cls, options: Mapping[str, Any]) -> str | None:
+        """Whether a default handler with these options can work on this node: ``None``, or why not (e.g. its
+        runtime is not installed). Cheap and without side effects: ``crirt serve`` and ``crirt config`` ask it
+        while they load a configuration without ``[runtimes]``, before any shim exists."""
+        return None
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         """Validate ``options`` (raise ``ValueError`` naming the bad option) and keep them."""

@@ -27,3 +27,9 @@ def check_known(options: Mapping[str, Any], known: Iterable[str], plugin: str) -
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"the {plugin} shim knows {', '.join(map(repr, names))}")
+
+
+def missing_programs(*programs: str) -> str | None:
+    """For ``Shim.available``: None when every program (a name on PATH, or a path) is there, else which are not."""
+    missing = [program for program in programs if shutil.which(program) is None]
+    return f"{', '.join(map(repr, missing))} not found on PATH" if missing else None

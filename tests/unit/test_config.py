@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crirt.config import Config, ConfigError, load_config
+from crirt.config import Config, ConfigError, RuntimeHandlerConfig, load_config
 
 
 def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -47,6 +47,49 @@ def test_default_runtime_must_be_configured(tmp_path: Path) -> None:
     file.write_text('default_runtime = "kata"\n')
     with pytest.raises(ConfigError, match="default_runtime: 'kata' is not a key of \\[runtimes\\]"):
         load_config(file)
+
+
+GVISOR = {"runsc": RuntimeHandlerConfig(shim="gvisor")}
+
+
+def _offer_gvisor() -> dict[str, RuntimeHandlerConfig]:
+    return GVISOR
+
+
+def _no_offers_expected() -> dict[str, RuntimeHandlerConfig]:
+    raise AssertionError("the default handlers were looked for although [runtimes] is configured")
+
+
+def test_without_a_runtimes_table_the_default_handlers_are_served(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('default_runtime = "runsc"\n')  # may name a default handler
+    config = load_config(file, default_runtimes=_offer_gvisor)
+    assert config.runtimes == {"runc": RuntimeHandlerConfig(shim="runc"), **GVISOR}  # built-in runc kept
+    assert config.default_runtime == "runsc"
+
+
+def test_a_default_handler_may_replace_the_built_in_runc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("crirt.config.DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    offered = {"runc": RuntimeHandlerConfig(shim="runc", options={"binary": "/usr/sbin/runc"})}
+    config = load_config(None, default_runtimes=lambda: offered)
+    assert config.runtimes == offered
+
+
+def test_a_runtimes_table_is_served_as_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[runtimes.fast]\nshim = "runc"\n')
+    config = load_config(file, default_runtimes=_no_offers_expected)
+    assert sorted(config.runtimes) == ["fast", "runc"]  # with the built-in runc, as ever
+    monkeypatch.setattr("crirt.config.DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    monkeypatch.setenv("CRIRT_RUNTIMES", '{"env": {"shim": "kata"}}')  # a table from the environment counts too
+    assert sorted(load_config(None, default_runtimes=_no_offers_expected).runtimes) == ["env", "runc"]
+
+
+def test_default_runtime_must_be_a_served_default_handler(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('default_runtime = "kata"\n')
+    with pytest.raises(ConfigError, match=r"'kata' is not a key of \[runtimes\] \(known: runc, runsc\)"):
+        load_config(file, default_runtimes=_offer_gvisor)
 
 
 def test_bad_flag_values_are_config_errors(tmp_path: Path) -> None:

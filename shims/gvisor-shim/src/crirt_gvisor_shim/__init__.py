@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable, run_program
+from crirt.shim import (
+    DelegatingShim,
+    HandlerFeatures,
+    ShimContext,
+    check_known,
+    executable,
+    missing_programs,
+    run_program,
+)
 from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
@@ -81,8 +89,14 @@ class GvisorShim(DelegatingShim):
     - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
     """
 
-    api_version = "2.0"
+    api_version = "2.1"
     needs_infra_container: ClassVar[bool] = True
+    default_handlers: ClassVar[Mapping[str, Mapping[str, Any]]] = {"runsc": {}}
+
+    @classmethod
+    def available(cls, options: Mapping[str, Any]) -> str | None:
+        """runsc and conmon must be installed."""
+        return missing_programs(options.get("binary", "runsc"), options.get("conmon", "conmon"))
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         check_known(options, OPTIONS, "gvisor")

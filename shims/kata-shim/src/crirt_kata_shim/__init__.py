@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable
+from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable, missing_programs
 from crirt.shim.taskv2 import ShimV2Runtime, cri_runtime_options
 
 __version__ = "0.1.0"
@@ -49,9 +49,15 @@ class KataShim(DelegatingShim):
     - ``env``: extra environment variables for the shim process
     """
 
-    api_version = "2.0"
+    api_version = "2.1"
     needs_infra_container = True
     """Kata makes the pod's VM for the pod's sandbox container, which the other containers then join."""
+    default_handlers: ClassVar[Mapping[str, Mapping[str, Any]]] = {"kata": {}}
+
+    @classmethod
+    def available(cls, options: Mapping[str, Any]) -> str | None:
+        """Kata's shim v2 binary must be installed."""
+        return missing_programs(options.get("binary", DEFAULT_BINARY))
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         check_known(options, OPTIONS, "kata")

@@ -9,9 +9,17 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from crirt.shim import DelegatingShim, HandlerFeatures, ShimContext, check_known, executable, kernel_version
+from crirt.shim import (
+    DelegatingShim,
+    HandlerFeatures,
+    ShimContext,
+    check_known,
+    executable,
+    kernel_version,
+    missing_programs,
+)
 from crirt.shim.conmon import ConmonRuntime
 
 __version__ = "0.1.0"
@@ -53,7 +61,14 @@ class RuncShim(DelegatingShim):
       conmon was killed (default 30)
     """
 
-    api_version = "2.0"
+    api_version = "2.1"
+    default_handlers: ClassVar[Mapping[str, Mapping[str, Any]]] = {"runc": {}}
+    """crirt's built-in handler, listed even where runc is missing (its problem then says why)."""
+
+    @classmethod
+    def available(cls, options: Mapping[str, Any]) -> str | None:
+        """runc and conmon must be installed."""
+        return missing_programs(options.get("binary", "runc"), options.get("conmon", "conmon"))
 
     def __init__(self, context: ShimContext, options: Mapping[str, Any]) -> None:
         check_known(options, OPTIONS, "runc")
