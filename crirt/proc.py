@@ -119,7 +119,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
               cwd: str | None = None, time_limit: float | None = None, grace: float = 60.0,
               output_limit: int | None = None, drain: float | None = None,
               stop: Callable[[], Awaitable[None]] | None = None, output: int | tuple[int, int] | None = None,
-              new_session: bool = False) -> Completed:
+              new_session: bool = False, pass_fds: Sequence[int] = ()) -> Completed:
     """Run ``argv`` to completion (``stdin``: a file descriptor, default /dev/null); never raises for a
     non-zero exit; OSError if it cannot be started.
 
@@ -130,7 +130,8 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
     them, or whose stdio belongs to someone else). After ``time_limit``
     seconds ``stop()`` is awaited (default: SIGKILL the process), the process gets ``grace`` seconds to exit, and
     ``ProcessTimeout`` is raised; a cancelled caller with a ``stop`` stops the process the same way.
-    ``new_session``: start the process in a session of its own (for a program that leaves a daemon behind)."""
+    ``new_session``: start the process in a session of its own (for a program that leaves a daemon behind).
+    ``pass_fds``: descriptors the process inherits (e.g. a pipe it reports on); they stay the caller's to close."""
     pipes = [] if output is not None else [nonblocking_pipe(), nonblocking_pipe()]
     given = (output, output) if isinstance(output, int) else output
     try:
@@ -138,7 +139,8 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
         proc = subprocess.Popen(  # noqa: ASYNC220
             list(argv), stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=pipes[0][1] if given is None else given[0], stderr=pipes[1][1] if given is None else given[1],
-            env=None if env is None else dict(env), cwd=cwd, close_fds=True, start_new_session=new_session)
+            env=None if env is None else dict(env), cwd=cwd, close_fds=True, pass_fds=tuple(pass_fds),
+            start_new_session=new_session)
     except BaseException:
         for read_end, _ in pipes:
             os.close(read_end)

@@ -182,6 +182,33 @@ def conmon_argv(*, conmon: Path, runtime: Path, runtime_args: Sequence[str], fil
     return argv
 
 
+def exec_conmon_argv(*, conmon: Path, runtime: Path, runtime_args: Sequence[str], container_id: str,
+                     exec_dir: Path, exec_args: Sequence[str]) -> list[str]:
+    """The command line that makes conmon run the process of ``exec_dir/process.json`` in a container and report
+    its pid and exit code on the sync pipe, as CRI-O's ExecSync does.
+
+    conmon runs ``runtime exec --detach`` and, as a child subreaper, waits for the process itself, so it reports
+    the exit as soon as the process ends, whoever still holds its output. ``--sync``: conmon stays the caller's
+    child (no daemon); ``-l passthrough``: the process gets conmon's own stdout and stderr (the caller's pipes)
+    rather than conmon's; ``--log-level error``: conmon's warnings would land in the process's stderr.
+    ``exec_args`` go to the runtime's ``exec`` (``--runtime-opt``)."""
+    return [
+        str(conmon), "--api-version", "1", "--sync", "--exec", "-c", container_id, "-u", exec_dir.name,
+        "-r", str(runtime), "-p", str(exec_dir / "pid"), "--exec-process-spec", str(exec_dir / "process.json"),
+        "-l", "passthrough", "--log-level", "error",
+        *[f"--runtime-arg={arg}" for arg in runtime_args], *[f"--runtime-opt={arg}" for arg in exec_args],
+    ]
+
+
+def parse_exec_report(text: bytes) -> tuple[int | None, int | None]:
+    """conmon's sync pipe messages of an exec: (the process's pid, its exit code), each None if conmon did not
+    send it (the runtime could not start the process; conmon died before the process ended)."""
+    values = [parse_sync_message(line)[0] for line in text.splitlines() if line.strip()]
+    if not values or values[0] <= 0:
+        return None, None
+    return values[0], values[1] if len(values) > 1 else None
+
+
 def parse_sync_message(line: bytes) -> tuple[int, str]:
     """conmon's sync pipe message ``{"data": N, "message": "..."}``: the container pid, or -1 and the error."""
     try:
@@ -267,6 +294,15 @@ def _conmon_pid(files: ContainerFiles) -> int | None:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
     return pid if is_conmon_of(cmdline, files.id) else None
+
+
+def _read_available(fd: int) -> bytes:
+    """What a non-blocking pipe holds now, up to EOF (its writers are gone) or until it is empty."""
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -601,8 +637,12 @@ class ConmonRuntime:
         return exec_dir
 
     async def exec_sync(self, container_id: str, process: ExecProcess, time_limit: float | None) -> ExecResult:
-        """Run a process in the container to completion (``runtime exec`` in the foreground) and capture its
-        output. Past ``time_limit`` seconds the process is SIGKILLed and the result is marked ``timed_out``."""
+        """Run a process in the container to completion and capture its output. Past ``time_limit`` seconds the
+        process is SIGKILLed and the result is marked ``timed_out``.
+
+        conmon runs the exec (``exec_conmon_argv``) and reports the exit as soon as the process ends; what the
+        process printed is read from crirt's own pipes, and a background child still holding them gets
+        ``EXEC_DRAIN`` seconds more (kubernetes#92057): what was read by then is the answer."""
         if process.stdio.terminal or process.process.get("terminal"):
             raise InvalidArgument("exec_sync cannot allocate a terminal")
         files = self.owned(container_id)
@@ -614,23 +654,32 @@ class ConmonRuntime:
                 raise FailedPrecondition(f"container {container_id!r} is {state.status if state else 'gone'}, "
                                          "not running")
         exec_dir = self._write_exec_spec(files, process.exec_id, process.process)
-        pid_file = exec_dir / "pid"
-        argv = [str(self.runtime), *self.global_args, "exec", *self.exec_flags(exec_dir), "--process",
-                str(exec_dir / "process.json"), "--pid-file", str(pid_file), container_id]
+        argv = exec_conmon_argv(conmon=self.conmon, runtime=self.runtime, runtime_args=self.global_args,
+                                container_id=container_id, exec_dir=exec_dir, exec_args=self.exec_flags(exec_dir))
+        report_fd, write_fd = nonblocking_pipe()
         try:
             try:
-                done = await run_process(argv, time_limit=time_limit, grace=EXEC_KILL_WAIT,
-                                         output_limit=EXEC_OUTPUT_LIMIT, drain=EXEC_DRAIN,
+                # The exec's directory is conmon's working directory: an OOM kill it notices is marked there,
+                # not in the container's directory.
+                done = await run_process(argv, env={**os.environ, "_OCI_SYNCPIPE": str(write_fd)},
+                                         pass_fds=(write_fd,), cwd=str(exec_dir), time_limit=time_limit,
+                                         grace=EXEC_KILL_WAIT, output_limit=EXEC_OUTPUT_LIMIT, drain=EXEC_DRAIN,
                                          stop=lambda: self.kill_exec(container_id, exec_dir))
             except ProcessTimeout:
                 return ExecResult(exit_code=KILLED_EXIT_CODE, timed_out=True)
-            started = pid_file.exists()
+            finally:
+                os.close(write_fd)
+            pid, exit_code = parse_exec_report(_read_available(report_fd))
         finally:
+            os.close(report_fd)
             await asyncio.to_thread(shutil.rmtree, exec_dir, True)
-        if not started:
+        if pid is None:
             text = runtime_error_text(done.stderr.decode(errors="replace"))
-            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'exit {done.returncode}'}")
-        return ExecResult(exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr)
+            raise RuntimeFailure(f"{self.name} exec {container_id}: {text or f'conmon exit {done.returncode}'}")
+        if exit_code is None:
+            raise RuntimeFailure(f"conmon of exec {process.exec_id!r} in container {container_id!r} ended "
+                                 f"(exit {done.returncode}) without reporting the process's exit code")
+        return ExecResult(exit_code=exit_code, stdout=done.stdout, stderr=done.stderr)
 
     async def exec_interactive(self, container_id: str, process: ExecProcess) -> ForegroundExec:
         """Start a process in the container for a streaming session: ``runtime exec`` in the foreground with

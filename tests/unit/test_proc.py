@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 
 import pytest
@@ -91,6 +92,18 @@ def test_drain_answers_once_the_process_exits_with_what_was_read_while_a_child_h
         assert os.path.exists(f"/proc/{child}")  # the background child still holds stdout: no EOF was awaited
     finally:
         os.kill(child, 9)
+
+
+def test_passed_descriptors_reach_the_process_and_stay_the_callers() -> None:
+    read_end, write_end = proc.nonblocking_pipe()
+    try:
+        done = asyncio.run(proc.run([sys.executable, "-c", f"import os; os.write({write_end}, b'report\\n')"],
+                                    pass_fds=(write_end,)))
+        assert done.returncode == 0 and os.read(read_end, 100) == b"report\n"
+        os.fstat(write_end)  # still open: closing it is the caller's business
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_output_limit_caps_stdout_and_stderr_together_while_reading() -> None:

@@ -152,6 +152,10 @@ def test_exec_in_a_sub_container(pod: Pod) -> None:
                    "user": {"uid": 0, "gid": 0}}
         result = await pod.shim.exec_sync("box", ExecProcess(exec_id="e1", process=process), 10)
         assert (result.exit_code, result.stdout, result.stderr) == (4, b"", b"err\n")
+        began = time.monotonic()  # answered at the exit, though a child inside the sandbox holds stdout
+        probe = {**process, "args": ["/bin/sh", "-c", "echo ok; sleep 100 &"]}
+        result = await pod.shim.exec_sync("box", ExecProcess(exec_id="e3", process=probe), 10)
+        assert (result.exit_code, result.stdout, time.monotonic() - began < 2) == (0, b"ok\n", True)
         session = await pod.shim.exec_interactive("box", ExecProcess(exec_id="e2", process=process,
                                                                      stdio=Stdio(stdin=True)))
         try:

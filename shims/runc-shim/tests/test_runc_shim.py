@@ -263,6 +263,28 @@ def test_missing_containers(shim: RuncShim, tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_exec_sync_answers_when_the_process_exits_though_a_background_child_holds_its_output(
+        shim: RuncShim, make_bundle: BundleFactory) -> None:
+    """kubernetes#92057: ``runc exec`` in the foreground waits for the end of the output, which a background child
+    of the process holds; the answer must come at the process's exit, with everything it wrote before."""
+    async def scenario() -> None:
+        await shim.create(CreateTask(id="c", sandbox_id="p", bundle=make_bundle("c", ["sleep", "1000"])))
+        await shim.start("c")
+        began = time.monotonic()
+        probe = await shim.exec_sync("c", ExecProcess(exec_id="probe", process=process(
+            "sh", "-c", "echo ok; sleep 100 &")), 10)
+        assert time.monotonic() - began < 2
+        assert (probe.exit_code, probe.stdout, probe.stderr, probe.timed_out) == (0, b"ok\n", b"", False)
+        assert len(container_pids(shim, "c")) == 2  # the background child goes on in the container
+
+        bulk = await shim.exec_sync("c", ExecProcess(exec_id="bulk", process=process(
+            "sh", "-c", "head -c 1000000 /dev/zero; echo bye >&2; (sleep 1; echo late) & exit 3")), 10)
+        assert (bulk.exit_code, bulk.stdout, bulk.stderr) == (3, bytes(1_000_000), b"bye\n")
+        await shim.delete("c")
+
+    run(scenario())
+
+
 def test_exec_of_a_missing_program_is_a_clear_error(shim: RuncShim, make_bundle: BundleFactory) -> None:
     async def scenario() -> None:
         await shim.create(CreateTask(id="c", sandbox_id="p", bundle=make_bundle("c", ["sleep", "1000"])))

@@ -5,6 +5,7 @@ an image whose layers umoci wrote."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,20 @@ def test_exec_sync_timeout_kills_the_process_and_signals_give_128_plus_n(pods: P
     assert reply.exit_code == 0 and b"sleep 1000" in reply.stdout and b"sleep 77" not in reply.stdout, reply
     assert pods.sh(container, "kill -TERM $$").exit_code == 128 + 15
     assert pods.status(container).state == pods.pb.CONTAINER_RUNNING
+
+
+def test_exec_sync_answers_when_the_process_exits_though_a_background_child_holds_its_output(pods: Pods) -> None:
+    """kubernetes#92057: a probe that leaves a child behind holding stdout is answered at its exit, not at the
+    timeout, with the real exit code and all it wrote; the child keeps running in the container."""
+    container = pods.run(pods.pod(), "prober", IDLE)
+    began = time.monotonic()
+    reply = pods.sh(container, "echo ok; /bin/busybox sleep 100 &", timeout=10)
+    assert time.monotonic() - began < 2
+    assert (reply.exit_code, reply.stdout, reply.stderr) == (0, b"ok\n", b"")
+    script = "/bin/busybox head -c 200000 /dev/zero; echo bye >&2; (/bin/busybox sleep 1; echo late) & exit 3"
+    reply = pods.sh(container, script, timeout=10)
+    assert (reply.exit_code, reply.stdout, reply.stderr) == (3, bytes(200_000), b"bye\n")
+    assert b"sleep 100" in pods.sh(container, "ps -o args").stdout
 
 
 # ---- 8. an image built by umoci ----------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from crirt.shim.conmon import (
     RuntimeFailure,
     check_id,
     conmon_argv,
+    exec_conmon_argv,
     is_conmon_of,
     looks_missing,
+    parse_exec_report,
     parse_exit_code,
     parse_state,
     parse_sync_message,
@@ -59,6 +61,26 @@ def test_conmon_argv_stdio_flags() -> None:
     assert argv(Stdio(stdin=True))[-2:] == ["--stdin", "--leave-stdin-open"]
     assert argv(Stdio(stdin=True, stdin_once=True))[-1] == "--stdin"
     assert "--systemd-cgroup" in argv(systemd_cgroup=True) and "--systemd-cgroup" not in argv()
+
+
+def test_exec_conmon_argv_waits_for_the_process_itself_and_hands_it_the_callers_stdio() -> None:
+    exec_dir = FILES.exec_dir("e1")
+    assert exec_conmon_argv(conmon=Path("/usr/bin/conmon"), runtime=Path("/usr/bin/runsc"),
+                            runtime_args=["--root=/run/r"], container_id="abc", exec_dir=exec_dir,
+                            exec_args=["--internal-pid-file", "/x"]) == [
+        "/usr/bin/conmon", "--api-version", "1", "--sync", "--exec", "-c", "abc", "-u", "e1",
+        "-r", "/usr/bin/runsc", "-p", f"{exec_dir}/pid", "--exec-process-spec", f"{exec_dir}/process.json",
+        "-l", "passthrough", "--log-level", "error",
+        "--runtime-arg=--root=/run/r", "--runtime-opt=--internal-pid-file", "--runtime-opt=/x",
+    ]
+
+
+def test_exec_reports() -> None:
+    assert parse_exec_report(b'{"data": 4242}\n{"data": 7}\n') == (4242, 7)
+    assert parse_exec_report(b'{"data": 4242}\n{"data": 0}\n') == (4242, 0)
+    assert parse_exec_report(b'{"data": 4242}\n') == (4242, None)  # conmon died before the process ended
+    assert parse_exec_report(b"") == (None, None)  # the runtime could not start the process
+    assert parse_exec_report(b'{"data": -1, "message": "exec failed"}\n') == (None, None)
 
 
 def test_container_files_layout() -> None:
