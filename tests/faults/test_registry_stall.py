@@ -106,7 +106,7 @@ def test_a_registry_that_stalls_mid_layer_fails_the_pull_cleanly(tmp_path: Path,
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "a mirror that stalls mid-blob poisons the fallback: in RepositoryClient's blob download (crirt/images/"
+    "a mirror that stalls mid-blob poisons the fallback: in Repository.stream_blob (crirt/images/"
     "registry.py, attempt/_receive) a stall raises Unavailable, not _Resumed, so the half layer _receive already "
     "passed to the sink is not counted ('received' stays 0); _each_endpoint then runs the attempt on the origin, "
     "which GETs the blob from byte 0 into the same sink, and the verifier gets half a blob plus a whole one: "
