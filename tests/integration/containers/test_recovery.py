@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.containers import conmons_under
 from support.daemon import start_daemon
 from support.network import runc_shim_installed, wait_until
 
@@ -39,21 +40,6 @@ def restart(env: ContainerEnv, crash_point: str = "") -> None:
     assert env.daemon.proc.poll() is not None
     argv = [sys.executable, str(CRASH_SERVER), crash_point] if crash_point else None
     env.daemon = start_daemon(env.base, cni_config="default_network = false\n", registries="", argv=argv)
-
-
-def conmons_under(base: Path) -> dict[int, str]:
-    """conmon processes whose command line mentions ``base``: pid -> container id (its ``-c`` argument)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"conmon") and any(str(base).encode() in a for a in argv) and b"-c" in argv:
-            found[int(entry.name)] = argv[argv.index(b"-c") + 1].decode()
-    return found
 
 
 def leftovers(env: ContainerEnv) -> dict[str, list[str]]:

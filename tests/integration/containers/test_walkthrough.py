@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from support.containers import Events
 from support.network import runc_shim_installed, wait_until
 
 from .conftest import ContainerEnv
@@ -55,34 +55,6 @@ def code_of(call: Any) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value.code()
-
-
-class Events:
-    """GetContainerEvents read in a thread: (type name, container id) pairs."""
-
-    def __init__(self, env: ContainerEnv) -> None:
-        self.pb = env.pb
-        self.stream = env.runtime.GetContainerEvents(env.pb.GetEventsRequest())
-        self.seen: list[tuple[str, str]] = []
-        self.raw: list[Any] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for event in self.stream:
-                self.raw.append(event)
-                self.seen.append((self.pb.ContainerEventType.Name(event.container_event_type),
-                                  event.container_id))
-        except grpc.RpcError:
-            pass
-
-    def of(self, container_id: str) -> list[str]:
-        return [kind for kind, cid in self.seen if cid == container_id]
-
-    def close(self) -> None:
-        self.stream.cancel()
-        self.thread.join(5)
 
 
 def test_walkthrough(env: ContainerEnv, pod: tuple[str, Path]) -> None:
