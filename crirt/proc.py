@@ -22,6 +22,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+KILLED_DRAIN = 1.0
+"""Seconds the output of a killed process is still read for; then whatever holds its pipes is left alone."""
+
 
 @dataclass(frozen=True)
 class Completed:
@@ -149,6 +152,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
         for _, write_end in pipes:
             os.close(write_end)
     printed = _Output(output_limit)
+    killed = asyncio.Event()
 
     async def finish() -> Completed:
         readers = [asyncio.ensure_future(_read_chunks(read_end, functools.partial(printed.add, stream)))
@@ -156,7 +160,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
         try:
             code = await wait_exit(proc)
             if readers:
-                await asyncio.wait(readers, timeout=drain)
+                await _read_out(readers, drain, killed)
         finally:
             for reader in readers:
                 reader.cancel()
@@ -174,6 +178,7 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
                 await stop()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(work), grace)
+        killed.set()
         _kill(proc)
         await work
 
@@ -190,9 +195,26 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdi
         try:
             await asyncio.wait_for(asyncio.shield(work), grace)
         except TimeoutError:
+            killed.set()
             _kill(proc)
             await work
         raise
+
+
+async def _read_out(readers: list[asyncio.Future[None]], drain: float | None, killed: asyncio.Event) -> None:
+    """Wait until the readers reach the end of the output: at most ``drain`` seconds, and at most
+    ``KILLED_DRAIN`` once the process was killed (a child it left may hold the pipes open for good)."""
+
+    async def cut_short() -> None:
+        await killed.wait()
+        await asyncio.sleep(KILLED_DRAIN)
+
+    read_all = asyncio.gather(*readers, return_exceptions=True)
+    cut = asyncio.ensure_future(cut_short())
+    try:
+        await asyncio.wait([read_all, cut], timeout=drain, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cut.cancel()
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

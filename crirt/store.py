@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from crirt.errors import ResourceExhausted
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,7 +33,11 @@ _DELETE = "DELETE FROM objects WHERE kind = ? AND id = ?"
 
 
 class StoreError(Exception):
-    """The database could not be written; the message says why."""
+    """The database could not be written; the message says why (an unexpected failure: INTERNAL)."""
+
+
+class StoreFull(StoreError, ResourceExhausted):
+    """The database could not be written because its file system is full (RESOURCE_EXHAUSTED)."""
 
 
 class Table(Generic[M]):
@@ -157,7 +163,8 @@ class Store:
         """StoreError if a batch holding writes between sequence ``since`` and ``target`` failed."""
         failed = self._failed
         if failed is not None and failed[0] < target and failed[1] > since:
-            raise StoreError(failed[2])
+            full = "disk is full" in failed[2] or "No space left" in failed[2]
+            raise (StoreFull if full else StoreError)(failed[2])
 
     def _write_loop(self) -> None:
         while True:

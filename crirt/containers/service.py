@@ -456,6 +456,7 @@ class ContainerService:
     async def _exited(self, container_id: str, status: ExitStatus, lost: str = "") -> None:
         """Record the exit of a running container and publish it; nothing when already recorded. ``lost``
         explains an exit the runtime could not report (the reason is then ``Unknown``)."""
+        lost = lost or status.lost
         record = self.records.get(container_id)
         if record is None or record.state != RUNNING:
             return

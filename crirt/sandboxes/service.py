@@ -279,6 +279,7 @@ class SandboxService:
         self._put(record)
         self._names[key] = sandbox_id
         try:
+            await self.store.flush()  # a store that cannot be written (a full disk) fails the pod before it is made
             await self._setup(record, plan, network, sysctls, ports, shim)
         except BaseException as exc:
             log.info("RunPodSandbox %s (%s) failed, undoing: %s", sandbox_id, key, exc or type(exc).__name__)

@@ -592,7 +592,8 @@ class ConmonRuntime:
             raise NotFound(f"container {container_id!r} not found by {self.name}")
         if state is None or state.status == "stopped":
             log.warning("conmon of container %s is gone and left no exit code", container_id)
-            return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, exited_at=time.time_ns())
+            return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, exited_at=time.time_ns(),
+                              lost="the container's monitor (conmon) died without recording its exit")
         return None  # no monitor, but the runtime says it runs: the next sweep asks again
 
     async def delete(self, container_id: str) -> ExitStatus | None:

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crirt.errors import CrirtError, Unimplemented
 
-API_VERSION = "2.1"
+API_VERSION = "2.2"
 """1.1: ``Shim.stats_many`` (optional; batched stats). 1.2: ``Shim.reopen_log`` (optional). 2.0: ``attach`` returns a
 ``ProcessIO``; ``exec`` (detached) and ``pids``, which crirt never called, are gone. 2.1: ``Shim.default_handlers``
-and ``Shim.available`` (optional; the handlers served without a ``[runtimes]`` table)."""
+and ``Shim.available`` (optional; the handlers served without a ``[runtimes]`` table). 2.2: ``ExitStatus.lost``
+(optional; an exit nobody recorded)."""
 ENTRY_POINT_GROUP = "crirt.shims"
 
 
@@ -114,6 +115,9 @@ class ExitStatus(_Data):
     exit_code: int
     exited_at: int
     oom_killed: bool = False
+    lost: str = ""
+    """Set when the task's own exit could not be learned (its monitor died without recording it): why. The
+    exit code is then a stand-in, and crirt reports the reason ``Unknown`` with this message (contract 2.2)."""
 
 
 class ProcessIO(abc.ABC):

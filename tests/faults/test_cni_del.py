@@ -51,17 +51,8 @@ def injected(fault: str, lock: Path, flag: Path) -> Iterator[None]:
         flag.unlink()
 
 
-HANG_BUG = (
-    "a plugin killed at plugin_timeout still holds StopPodSandbox while any child of it lives: after the time "
-    "limit crirt.proc.run SIGKILLs only the plugin's own pid (_kill(proc)) and then awaits finish(), which reads "
-    "stdout/stderr to EOF (drain=None); the wrapper's 'flock' child inherited those pipes, so the call (and the "
-    "sandbox's lock) waits until that child exits: here until the test releases the lock, past the 10 s deadline "
-    "(the daemon log then shows 'timed out on DEL after 2s and was killed'). Killing the plugin's process group "
-    "(start_new_session) or bounding the drain would end it at the timeout; runtime calls share the code path")
 
-
-@pytest.mark.parametrize("fault", [pytest.param("hang", marks=pytest.mark.xfail(strict=True, reason=HANG_BUG)),
-                                   "fail"])
+@pytest.mark.parametrize("fault", ["hang", "fail"])
 def test_a_del_that_hangs_or_fails_is_reported_and_retried(tmp_path: Path, pb: ModuleType, fault: str) -> None:
     base, lock, flag = tmp_path / "d", tmp_path / "del.lock", tmp_path / "refuse-del"
     faulty_portmap(tmp_path / "bin", lock, flag)

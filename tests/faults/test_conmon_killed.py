@@ -81,12 +81,6 @@ def test_the_exit_after_conmon_was_killed_is_reported_and_cleaned_up(env: Contai
         events.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an exit nobody recorded is reported as an ordinary failure: ConmonRuntime._check_exit (crirt/shim/conmon.py) "
-    "returns a plain ExitStatus(exit_code=UNKNOWN_EXIT_CODE) when conmon is gone without an exit file (it only "
-    "logs 'conmon of container ... is gone and left no exit code'), so ContainersService._exited records reason "
-    "'Error' and an empty message, as for a container that itself exited 255; the 'Unknown' reason and the "
-    "message crirt has for lost exits (REASON_LOST in crirt/containers/service.py) are not used"))
 def test_an_exit_lost_with_conmon_is_reported_as_unknown_with_a_message(env: ContainerEnv, tmp_path: Path) -> None:
     pb, rt = env.pb, env.runtime
     pods = PodEnv(env.daemon, env.net, env.base, rt, pb)

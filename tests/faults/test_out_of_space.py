@@ -134,13 +134,6 @@ def test_a_full_root_leaves_the_records_written_before_readable(tmp_path: Path, 
         assert traces(tmp_path / "d", run["pods"].net, run["listed"] - {run["kept"]}) == {}  # the refused pod
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a record write that finds the root full is INTERNAL, and the refused pod stays listed until a restart: "
-    "crirt.store's writer thread turns sqlite's 'database or disk is full' into a StoreError, which is no "
-    "CrirtError, so the frontend answers INTERNAL 'internal error: StoreError: writing crirt's database ...: "
-    "database or disk is full' (not RESOURCE_EXHAUSTED); and the sandbox service keeps the record it failed to "
-    "persist in memory, so ListPodSandbox lists the pod whose RunPodSandbox failed (its id is gone after a "
-    "restart)"))
 def test_a_record_written_to_a_full_root_is_resource_exhausted_and_not_kept(tmp_path: Path, pb: ModuleType,
                                                                            small_root: Path) -> None:
     with full_root_run(tmp_path, pb, small_root) as run:

@@ -93,12 +93,6 @@ def test_a_hung_runtime_call_ends_at_its_deadline_and_is_cleaned_up_after(stuck:
     assert traces(env.base, env.net, [stuck_pod, hung, other_pod, other]) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a StartContainer cancelled at its deadline is not finished or undone: crirt.proc.run lets the cancelled "
-    "'runc start' run on (up to command_timeout), then ContainersService.start only catches CrirtError, so the "
-    "CancelledError leaves the record CONTAINER_CREATED with no exit watcher while runc runs the container. "
-    "ContainerStatus then says CREATED for a running container, and StopPodSandbox (kill_pod_containers only "
-    "stops RUNNING records) leaves it running; only RemovePodSandbox's 'runc delete --force' ends it"))
 def test_a_start_that_completes_after_its_deadline_is_not_left_running_as_created(stuck: Stuck) -> None:
     env, pb, rt = stuck.env, stuck.env.pb, stuck.env.runtime
     sandbox, late = stuck.pod_with_container("late")

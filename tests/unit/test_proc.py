@@ -132,3 +132,12 @@ def test_time_limit_calls_stop_and_a_cancelled_caller_stops_too(tmp_path) -> Non
 
     asyncio.run(scenario())
     assert stopped == ["stop", "stop"]
+
+
+def test_a_killed_process_whose_child_holds_the_pipes_still_ends_at_its_time_limit() -> None:
+    """A plugin killed at its time limit may leave a child holding its stdout (a CNI plugin's helper): its output
+    is read for ``KILLED_DRAIN`` more seconds at most, not until that child exits."""
+    began = time.monotonic()
+    with pytest.raises(proc.ProcessTimeout):
+        asyncio.run(proc.run(["sh", "-c", "sleep 30 & echo started; sleep 30"], time_limit=0.3))
+    assert time.monotonic() - began < 0.3 + proc.KILLED_DRAIN + 1.0

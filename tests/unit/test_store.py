@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from crirt.errors import ResourceExhausted
 from crirt.model.container import Container, ContainerMetadata
 from crirt.model.sandbox import PodSandbox
-from crirt.store import Store, StoreError
+from crirt.store import Store, StoreError, StoreFull
 
 
 def test_records_survive_reopen_and_keep_identity_until_replaced(tmp_path: Path) -> None:
@@ -75,3 +76,20 @@ def test_a_failed_write_is_reported_to_the_flush_that_waited_for_it(tmp_path: Pa
 def test_uses_write_ahead_logging(tmp_path: Path) -> None:
     store = Store(tmp_path / "crirt.db")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_write_refused_for_lack_of_space_is_resource_exhausted(tmp_path: Path) -> None:
+    """sqlite's "database or disk is full" becomes StoreFull, which the front end answers RESOURCE_EXHAUSTED;
+    any other write failure stays a plain StoreError (INTERNAL)."""
+    store = Store(tmp_path / "s.db")
+    try:
+        store._failed = (0, 10, "writing crirt's database: database or disk is full")
+        with pytest.raises(StoreFull) as caught:
+            store._raise_if_failed(0, 5)
+        assert isinstance(caught.value, ResourceExhausted)
+        store._failed = (0, 10, "writing crirt's database: disk I/O error")
+        with pytest.raises(StoreError) as other:
+            store._raise_if_failed(0, 5)
+        assert not isinstance(other.value, ResourceExhausted)
+    finally:
+        store.close()
