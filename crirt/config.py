@@ -81,6 +81,14 @@ class DebugConfig(_Section):
     loop_stall_ms: int = Field(0, ge=0, description="log event-loop stalls longer than this (0: off)")
 
 
+class CdiConfig(_Section):
+    """Container Device Interface: the spec files that describe the devices containers may ask for."""
+
+    enabled: bool = Field(True, description="apply the CDI devices a container asks for")
+    spec_dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/cdi"), Path("/var/run/cdi")],
+                                  description="spec directories, lowest priority first")
+
+
 class GrpcConfig(_Section):
     """Limits of the gRPC front end (the kubelet's own limit is 16 MiB each way)."""
 
@@ -138,6 +146,7 @@ class Config(BaseSettings):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+    cdi: CdiConfig = Field(default_factory=CdiConfig)
 
     @field_validator("runtimes", mode="before")
     @classmethod

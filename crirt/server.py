@@ -23,6 +23,7 @@ from crirt.api.codec import PassThroughCodec
 from crirt.api.encoders import hot_path_encoders
 from crirt.api.frontend import Frontend, Limits
 from crirt.bus import Bus, MetricsMiddleware, durable, logging_middleware
+from crirt.cdi.registry import CdiRegistry
 from crirt.config import Config
 from crirt.containers.metrics import MetricsService
 from crirt.containers.queries import ContainerQueries
@@ -78,14 +79,15 @@ def build_app(config: Config) -> App:
     bus = Bus(subscriber_queue_size=config.event_queue_size,
               middleware=[logging_middleware, metrics, durable(store)])
     stalls = StallWatch(config.debug.loop_stall_ms / 1000) if config.debug.loop_stall_ms else None
-    RuntimeInfo(config, registry, metrics, store, stalls).register(bus)
+    cdi = CdiRegistry(config.cdi)
+    RuntimeInfo(config, registry, metrics, store, stalls, cdi).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)
     sandboxes = SandboxService(config, store, bus, registry)
     sandboxes.register(bus)
     images = ImageService(config, store)
     images.register(bus)
-    containers = ContainerService(config, store, bus, registry, sandboxes, images)
+    containers = ContainerService(config, store, bus, registry, sandboxes, images, cdi)
     containers.register(bus)
     stats = StatsService(containers, registry, sandboxes, images.snapshots, config.stats)
     stats.register(bus)
@@ -145,6 +147,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
     await app.registry.probe_features()
     await app.sandboxes.start()  # default network, then finish what a crash left, before serving
     await app.containers.resume()
+    await asyncio.to_thread(app.containers.cdi.refresh)  # so Status counts the devices before any is asked for
     try:
         await app.streaming.start()  # Exec/Attach/PortForward hand out its URLs from the first call on
     except OSError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crirt import __version__
 from crirt.bus import Bus, MetricsMiddleware
+from crirt.cdi.registry import CdiRegistry
 from crirt.commands.runtime import (
     RuntimeConfigCommand,
     RuntimeConfigResult,
@@ -68,6 +69,8 @@ class RuntimeInfo:
     store: Store
     stalls: StallWatch | None = None
     """The loop-stall watchdog when ``[debug] loop_stall_ms`` turns it on."""
+    cdi: CdiRegistry | None = None
+    """The CDI spec directories' devices (reported as last read: Status reads no file)."""
 
     def register(self, bus: Bus) -> None:
         bus.register(VersionCommand, self.version)
@@ -127,6 +130,7 @@ class RuntimeInfo:
             "podCIDR": json.dumps(self._node.pod_cidr),
             "rpcMetrics": json.dumps(self.metrics.snapshot()),
             **({"loopStalls": json.dumps(self.stalls.report())} if self.stalls is not None else {}),
+            **({"cdi": json.dumps(self.cdi.status())} if self.cdi is not None else {}),
         }
 
     async def runtime_config(self, command: RuntimeConfigCommand) -> RuntimeConfigResult:

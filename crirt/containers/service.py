@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.bus import Bus
+from crirt.cdi.registry import CdiRegistry
 from crirt.commands.containers import (
     ContainerStatusCommand,
     ContainerStatusResult,
@@ -125,10 +126,11 @@ class ContainerService:
     """Owns the containers: their records, root filesystems, bundles, tasks and exit watchers."""
 
     def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry, pods: Pods,
-                 images: ImageService) -> None:
+                 images: ImageService, cdi: CdiRegistry) -> None:
         """``pods``: the pod sandboxes' lookups (the sandbox service); their lifecycle asks this service for its
         part through the bus (``KillPodContainersCommand``, ``RemovePodContainersCommand``)."""
         self.config = config
+        self.cdi = cdi
         self.bus = bus
         self.registry = registry
         self.store = store
@@ -338,6 +340,7 @@ class ContainerService:
                     made: list[str]) -> ContainerRecord:
         config = command.config
         image_config: dict[str, Any] = json.loads(self.images.content.read(image_id)).get("config") or {}
+        cdi_edits = await asyncio.to_thread(self.cdi.edits_for, config)
         made.append("rootfs")
         rootfs = await self.images.snapshots.prepare_rootfs(container_id, chain_ids)
         passwd, group = await asyncio.to_thread(lambda: (read_image_file(rootfs, "/etc/passwd"),
@@ -367,7 +370,7 @@ class ContainerService:
             devices={d.host_path: devices_at(d.host_path) for d in config.devices},
             host_devices=host_devices() if context.privileged else (),
             rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts,
-            seccomp_profile=await asyncio.to_thread(read_localhost_profile, context)))
+            seccomp_profile=await asyncio.to_thread(read_localhost_profile, context), cdi_edits=cdi_edits))
         bundle = self.bundles / container_id
         made.append("bundle")
         bundle.mkdir(parents=True)

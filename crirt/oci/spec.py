@@ -2,9 +2,9 @@
 
 ``container_spec(SpecInputs)`` is deterministic: every fact about the host, the image and the pod is in its
 input, found by the caller (``crirt.oci.host``, ``user.read_image_file``, ``mounts.resolve_host_paths``,
-``devices.devices_at``/``host_devices``, ``seccomp.read_localhost_profile``). The parts live in their own modules:
-``process`` (argv, env, cwd, capabilities), ``user``, ``mounts``, ``devices``, ``resources``, ``seccomp``,
-``apparmor``.
+``devices.devices_at``/``host_devices``, ``seccomp.read_localhost_profile``, ``CdiRegistry.edits_for``). The
+parts live in their own modules: ``process`` (argv, env, cwd, capabilities), ``user``, ``mounts``, ``devices``,
+``resources``, ``seccomp``, ``apparmor``, ``cdi`` (the CDI devices' edits, made last).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crirt.cdi.schema import ContainerEdits
 from crirt.errors import FailedPrecondition, InvalidArgument
 from crirt.model.container import ContainerConfig, LinuxContainerSecurityContext
 from crirt.model.enums import NamespaceMode
 from crirt.model.sandbox import PodSandboxConfig
 from crirt.oci.apparmor import apparmor_profile
+from crirt.oci.cdi import apply_cdi_edits
 from crirt.oci.devices import HostDevice, device_entries
 from crirt.oci.host import HostFacts
 from crirt.oci.infra import OCI_VERSION, infra_cgroups_path
@@ -77,6 +79,8 @@ class SpecInputs:
     reports): a fact of the handler, not of the node."""
     seccomp_profile: str | None = None
     """The Localhost seccomp profile's text (``seccomp.read_localhost_profile``), when the context names one."""
+    cdi_edits: tuple[ContainerEdits, ...] = ()
+    """The edits of the container's CDI devices, in order, device nodes complete (``CdiRegistry.edits_for``)."""
 
 
 def security_context(config: ContainerConfig) -> LinuxContainerSecurityContext:
@@ -213,11 +217,11 @@ def container_spec(inputs: SpecInputs) -> dict[str, Any]:
                               localhost_profile=inputs.seccomp_profile)
     if seccomp is not None:
         linux["seccomp"] = seccomp
-    return {
+    return apply_cdi_edits({
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": inputs.rootfs, "readonly": context.readonly_rootfs},
         "mounts": mounts,
         "annotations": cri_annotations(inputs),
         "linux": linux,
-    }
+    }, inputs.cdi_edits)
