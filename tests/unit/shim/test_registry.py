@@ -67,7 +67,7 @@ def test_unknown_handler_lists_the_known_ones() -> None:
 
 
 @pytest.mark.parametrize(("plugin", "problem"), [
-    ("future", "built for shim API 3.0, but crirt .* speaks shim API 2\\.1"),
+    ("future", "built for shim API 3.0, but crirt .* speaks shim API 2\\.2"),
     ("odd", "is not a crirt.shim.Shim subclass"),
     ("absent", "is not installed"),
 ])
