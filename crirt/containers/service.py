@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.bus import Bus
-from crirt.cdi.registry import CdiRegistry
+from crirt.cdi.registry import CdiRegistry, requested_devices
 from crirt.commands.containers import (
     ContainerStatusCommand,
     ContainerStatusResult,
@@ -340,7 +340,7 @@ class ContainerService:
                     made: list[str]) -> ContainerRecord:
         config = command.config
         image_config: dict[str, Any] = json.loads(self.images.content.read(image_id)).get("config") or {}
-        cdi_edits = await asyncio.to_thread(self.cdi.edits_for, config)
+        cdi_edits = await asyncio.to_thread(self.cdi.edits_for, config) if requested_devices(config) else ()
         made.append("rootfs")
         rootfs = await self.images.snapshots.prepare_rootfs(container_id, chain_ids)
         passwd, group = await asyncio.to_thread(lambda: (read_image_file(rootfs, "/etc/passwd"),
