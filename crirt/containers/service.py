@@ -418,10 +418,15 @@ class ContainerService:
     # ---- StartContainer ---------------------------------------------------------------------------------------
 
     async def start(self, command: StartContainerCommand) -> StartContainerResult:
-        """Start a CREATED container and watch for its exit."""
+        """Start a CREATED container of a READY pod and watch for its exit. A pod being stopped takes every
+        container's lock after it stopped being READY, so a start either sees it NOTREADY or is stopped by it."""
         record = self.get(command.container_id)
         if record.state != ContainerState.CONTAINER_CREATED:
             raise FailedPrecondition(f"container {record.id} is {record.state.name}, not CONTAINER_CREATED")
+        pod = self.pods.find(record.sandbox_id)
+        if pod is None or pod.state != PodSandboxState.SANDBOX_READY:
+            raise FailedPrecondition(f"container {record.id} cannot start: its pod sandbox {record.sandbox_id} is "
+                                     "not ready (stopped or being stopped)")
         shim = self.registry.resolve(record.runtime_handler)
         try:
             task = await shim.start(record.id)
@@ -552,8 +557,10 @@ class ContainerService:
     # ---- a pod's containers (asked by the sandbox service through the bus) -----------------------------------
 
     async def kill_pod_containers(self, command: KillPodContainersCommand) -> PodContainersResult:
-        """Kill every running container of the pod with SIGKILL at once, as containerd's StopPodSandbox does."""
-        ids = [r.id for r in self.records if r.sandbox_id == command.pod_sandbox_id and r.state == RUNNING]
+        """Kill every running container of the pod with SIGKILL at once, as containerd's StopPodSandbox does.
+        Created ones are locked too: a start that got its lock first is stopped here once it has run."""
+        ids = [r.id for r in self.records if r.sandbox_id == command.pod_sandbox_id
+               and r.state in (RUNNING, ContainerState.CONTAINER_CREATED)]
         await asyncio.gather(*(self._locked(i, self._stop(i, 0)) for i in ids))
         return PodContainersResult()
 
@@ -601,12 +608,27 @@ class ContainerService:
         spec = json.loads(await asyncio.to_thread(Path(record.bundle, "config.json").read_text))
         process = {**spec["process"], "args": list(command.cmd), "terminal": False}
         shim = self.registry.resolve(record.runtime_handler)
-        result = await shim.exec_sync(record.id, ExecProcess(exec_id=secrets.token_hex(16), process=process),
-                                      float(command.timeout) if command.timeout > 0 else None)
+        try:
+            result = await shim.exec_sync(record.id, ExecProcess(exec_id=secrets.token_hex(16), process=process),
+                                          float(command.timeout) if command.timeout > 0 else None)
+        except CrirtError as exc:
+            if await self._still_running(record.id, shim):
+                raise
+            raise FailedPrecondition(f"container {record.id} stopped while the exec was starting: {exc}") from None
         if result.timed_out:
             raise DeadlineExceeded(f"timeout {command.timeout}s exceeded: context deadline exceeded")
         stdout, stderr = cap_output(result.stdout, result.stderr)
         return ExecSyncResult(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
+
+    async def _still_running(self, container_id: str, shim: Shim) -> bool:
+        """Whether the container still runs, by its record and then its runtime (after an exec failed)."""
+        record = self.records.get(container_id)
+        if record is None or record.state != RUNNING:
+            return False
+        try:
+            return (await shim.state(container_id)).status == "running"
+        except CrirtError:
+            return False
 
     async def reopen_log(self, command: ReopenContainerLogCommand) -> ReopenContainerLogResult:
         """Have the container's runtime write its log to a new file at the log path (after the kubelet's

@@ -62,8 +62,6 @@ ACCEPTED: dict[str, set[grpc.StatusCode]] = {
 }
 """The codes a call may end with when another call races it (docs/containers.md, docs/sandboxes.md); a short
 prefix may also be ambiguous (INVALID_ARGUMENT)."""
-EXEC_RACE = ("cannot exec in a stopped container", "container does not exist")
-"""runc's words when the container stopped (or its task was deleted) between crirt's state check and the exec."""
 POD_RPCS = ("CreateContainer", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus")
 CONTAINER_RPCS = ("StartContainer", "StopContainer", "RemoveContainer", "ExecSync", "ContainerStatus")
 TARGET_KINDS = ("known", "known", "known", "known", "prefix", "gone", "unknown")
@@ -124,9 +122,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.container_pod: dict[str, str] = {}
         self.seen: list[str] = []
         self.removed_pods: set[str] = set()
-        self.started_in_stopped_pod: set[str] = set()
-        """Containers started in a stopped or stopping pod: the known bug of
-        ``test_a_created_container_is_not_started_in_a_stopped_pod``."""
         self.batches = 0
 
     # ---- calls ------------------------------------------------------------------------------------------
@@ -166,8 +161,7 @@ class Lifecycle(RuleBasedStateMachine):
             accepted = ACCEPTED[outcome.call.rpc]
             if len(outcome.call.target) < 64:  # a short prefix may match two ids
                 accepted = accepted | {grpc.StatusCode.INVALID_ARGUMENT}
-            assert outcome.code in accepted or self._known_exec_race(outcome, calls), \
-                (outcome.call, outcome.code, outcome.details, calls)
+            assert outcome.code in accepted, (outcome.call, outcome.code, outcome.details, calls)
         before_pods, before_containers = dict(self.pod_states), dict(self.container_states)
         self._refresh()
         self._check_outcomes(outcomes, calls, before_pods, before_containers)
@@ -183,14 +177,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.container_states = {c.id: c.state for c in containers}
         self.container_pod.update({c.id: c.pod_sandbox_id for c in containers})
         self.seen += [i for i in [*pods, *self.container_states] if i not in self.seen]
-
-    def _known_exec_race(self, outcome: Outcome, calls: list[Call]) -> bool:
-        """The known bug of ``test_an_exec_racing_a_stop_is_not_unknown``: an ExecSync that a stop of its container
-        overtook fails UNKNOWN."""
-        container = outcome.call.target
-        return outcome.call.rpc == "ExecSync" and outcome.code == grpc.StatusCode.UNKNOWN \
-            and any(words in outcome.details for words in EXEC_RACE) \
-            and raced(calls, container, self._pod_of(container))
 
     def _check_outcomes(self, outcomes: list[Outcome], calls: list[Call], before_pods: dict[str, int],
                         before_containers: dict[str, int]) -> None:
@@ -208,11 +194,6 @@ class Lifecycle(RuleBasedStateMachine):
                 assert reply.container_id in self.container_states or \
                     raced(calls, reply.container_id, call.target, ("RemoveContainer", "RemovePodSandbox")), \
                     ("a container created in the batch is not listed", calls)
-            elif call.rpc == "StartContainer":
-                started = next((c for c in before_containers if same(c, call.target)), call.target)
-                pod = self._pod_of(started)
-                if before_pods.get(pod) == pb.SANDBOX_NOTREADY or raced(calls, started, pod, ("StopPodSandbox",)):
-                    self.started_in_stopped_pod.add(started)
             elif call.rpc == "StopPodSandbox" and call.target in before_pods:
                 assert self.pod_states.get(call.target, pb.SANDBOX_NOTREADY) == pb.SANDBOX_NOTREADY, \
                     ("a pod stopped in the batch is READY", calls)
@@ -339,7 +320,7 @@ class Lifecycle(RuleBasedStateMachine):
         """Once StopPodSandbox finished (the pod is NOTREADY) none of its containers is RUNNING."""
         running = [c for c, s in self.container_states.items() if s == self.pb.CONTAINER_RUNNING
                    and self.pod_states.get(self.container_pod[c]) == self.pb.SANDBOX_NOTREADY]
-        assert set(running) <= self.started_in_stopped_pod, f"RUNNING in a NOTREADY pod: {running}"
+        assert not running, f"RUNNING in a NOTREADY pod: {running}"
 
     def teardown(self) -> None:
         """Remove everything; nothing of it may be left: processes, mounts, files, addresses."""
@@ -397,13 +378,6 @@ def pod_with_container(env: ContainerEnv, logs: Path) -> tuple[str, str]:
     return pod, container
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "crirt bug: StartContainer does not check the pod's state. ContainerService.start (crirt/containers/"
-    "service.py) only requires the container to be CREATED and holds only the container's lock, and StopPodSandbox "
-    "kills only containers that are RUNNING when it looks (kill_pod_containers), so a container created before the "
-    "stop is started afterwards and RUNS in a NOTREADY pod whose network and namespaces are gone; containerd "
-    "refuses with 'sandbox container ... is not running'. The same start racing StopPodSandbox leaves it RUNNING "
-    "too. Expected: FAILED_PRECONDITION, the container stays CREATED."))
 def test_a_created_container_is_not_started_in_a_stopped_pod(env: ContainerEnv, tmp_path: Path) -> None:
     pb, rt = env.pb, env.runtime
     pod, container = pod_with_container(env, tmp_path / "logs")
@@ -418,12 +392,6 @@ def test_a_created_container_is_not_started_in_a_stopped_pod(env: ContainerEnv, 
     assert traces(env.base, env.net, [pod, container]) == {}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "crirt bug: ExecSync checks that the container is RUNNING (ContainerService.exec_sync) and then runs "
-    "'runc exec' holding no lock; a StopContainer that kills the container in between makes runc fail with "
-    "'exec failed: cannot exec in a stopped container' (or 'container does not exist' once the stop or a "
-    "RemoveContainer/RemovePodSandbox deleted the task), which the conmon driver raises as RuntimeFailure and the "
-    "front end answers UNKNOWN, where docs/streaming.md and the not-running check say FAILED_PRECONDITION."))
 def test_an_exec_racing_a_stop_is_not_unknown(env: ContainerEnv, tmp_path: Path) -> None:
     pb, rt = env.pb, env.runtime
     codes = []
