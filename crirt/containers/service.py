@@ -54,6 +54,7 @@ from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name
 from crirt.containers.retry import Janitor, wait_for_exit
 from crirt.containers.update import merged_resources, updated_config, updated_spec
 from crirt.errors import AlreadyExists, CrirtError, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from crirt.images.idmap import Idmap
 from crirt.images.service import ImageService
 from crirt.model.container import Container
 from crirt.model.enums import ContainerEventType, ContainerState, PodSandboxState, Signal
@@ -62,8 +63,9 @@ from crirt.oci.host import HostFacts, detect_host_facts
 from crirt.oci.mounts import PodFiles, resolve_host_paths
 from crirt.oci.resources import linux_resources
 from crirt.oci.seccomp import read_localhost_profile
-from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, security_context
+from crirt.oci.spec import PodNamespaces, SpecInputs, container_spec, pod_namespace_options, security_context
 from crirt.oci.user import read_image_file, resolve_user
+from crirt.oci.userns import plan_user_namespace
 from crirt.sandboxes.records import SandboxRecord
 from crirt.shim.contract import CreateTask, ExecProcess, ExitStatus, Shim, Stdio
 from crirt.shim.registry import ShimRegistry
@@ -341,13 +343,15 @@ class ContainerService:
         config = command.config
         image_config: dict[str, Any] = json.loads(self.images.content.read(image_id)).get("config") or {}
         cdi_edits = await asyncio.to_thread(self.cdi.edits_for, config) if requested_devices(config) else ()
+        paths = self.pods.paths(sandbox.id)
+        userns = plan_user_namespace(pod_namespace_options(sandbox.config), "linux.security_context.namespace_options")
+        idmap = Idmap(paths.namespace("user"), *userns.root) if userns is not None else None
         made.append("rootfs")
-        rootfs = await self.images.snapshots.prepare_rootfs(container_id, chain_ids)
+        rootfs = await self.images.snapshots.prepare_rootfs(container_id, chain_ids, idmap)
         passwd, group = await asyncio.to_thread(lambda: (read_image_file(rootfs, "/etc/passwd"),
                                                          read_image_file(rootfs, "/etc/group")))
         context = security_context(config)
         user = resolve_user(context, str(image_config.get("User") or ""), passwd, group)
-        paths = self.pods.paths(sandbox.id)
         pid_ns = None
         if sandbox.infra and sandbox.infra_pid > 0:
             pid_ns = f"/proc/{sandbox.infra_pid}/ns/pid"
@@ -355,7 +359,8 @@ class ContainerService:
         namespaces = PodNamespaces(
             network=str(paths.namespace("net")) if "net" in kinds else None,
             ipc=str(paths.namespace("ipc")) if "ipc" in kinds else None,
-            uts=str(paths.namespace("uts")) if "uts" in kinds else None, pid=pid_ns)
+            uts=str(paths.namespace("uts")) if "uts" in kinds else None,
+            user=str(paths.namespace("user")) if "user" in kinds else None, pid=pid_ns)
         pod_files = PodFiles(
             hostname=str(paths.hostname) if paths.hostname.exists() else None,
             hosts=str(paths.hosts) if paths.hosts.exists() else None,

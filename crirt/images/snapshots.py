@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from crirt.errors import FailedPrecondition, NotFound
+from crirt.images.idmap import Idmap, idmapped_bind
 from crirt.images.unpack import disk_usage
 from crirt.network import netns
 from crirt.proc import run
@@ -112,12 +113,15 @@ class SnapshotStore:
                 used.update(json.loads((directory / "layers.json").read_text()))
         return used
 
-    async def prepare_rootfs(self, container_id: str, chain_ids: list[str]) -> Path:
+    async def prepare_rootfs(self, container_id: str, chain_ids: list[str], idmap: Idmap | None = None) -> Path:
         """Mount an overlay of the layers ``chain_ids`` (bottom first) with a private writable layer.
 
+        With ``idmap`` (a pod with its own user namespace) the layers are read through an id-mapped bind of the
+        snapshot root (``<rootfs>/<id>/lower``, dropped once the overlay holds it) and the writable layer is
+        owned by the pod's root, so the image shows its owners inside the pod without a chown copy.
         Returns the mountpoint ``<rootfs>/<id>/merged``. The snapshots must exist (they are the image's)."""
         base = self._rootfs(container_id)
-        base.mkdir(mode=0o700)
+        base.mkdir(mode=0o711 if idmap else 0o700)  # the pod's root (runc in its user namespace) must reach merged/
         (base / "layers.json").write_text(json.dumps(chain_ids))  # from now on GC keeps these layers
         missing = [c for c in chain_ids if not self.exists(c)]
         if missing:
@@ -125,29 +129,47 @@ class SnapshotStore:
             raise NotFound(f"layers {missing} of the image are not on this node")
         for name in ("upper", "work", "merged"):
             (base / name).mkdir(mode=0o755)
-        options = self._overlay_options(base, chain_ids, absolute=True)
+        layers = base / "lower" if idmap else self.root
+        options = self._overlay_options(base, layers, chain_ids, absolute=True)
         relative = len(options) > MAX_MOUNT_OPTIONS
         if relative:  # lower dirs relative to the snapshot root keep a many-layer option string short
-            options = self._overlay_options(base, chain_ids, absolute=False)
+            options = self._overlay_options(base, layers, chain_ids, absolute=False)
             if len(options) > MAX_MOUNT_OPTIONS:
                 shutil.rmtree(base)
                 raise FailedPrecondition(f"the image has too many layers ({len(chain_ids)}) for one overlay mount")
         try:
+            if idmap:
+                await asyncio.to_thread(self._idmap_layers, base, idmap)
             if relative:  # only a child process can mount from another working directory
                 code, output = await _run("mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged"),
-                                          cwd=self.root)
+                                          cwd=layers)
                 if code:
                     raise OSError(output)
             else:
                 await asyncio.to_thread(netns.mount, "overlay", base / "merged", "overlay", 0, options)
         except OSError as exc:
+            await asyncio.to_thread(self._drop_idmapped_layers, base)
             shutil.rmtree(base)
             raise FailedPrecondition(f"cannot mount the rootfs of {container_id}: {exc}") from None
+        await asyncio.to_thread(self._drop_idmapped_layers, base)  # the overlay keeps what it needs of it
         return base / "merged"
 
-    def _overlay_options(self, base: Path, chain_ids: list[str], *, absolute: bool) -> str:
+    def _idmap_layers(self, base: Path, idmap: Idmap) -> None:
+        """The snapshot root id-mapped for the pod on ``base/lower``; the writable layer owned by its root."""
+        (base / "lower").mkdir(mode=0o700)
+        idmapped_bind(self.root, base / "lower", idmap.userns)
+        os.chown(base / "upper", idmap.root_uid, idmap.root_gid)
+
+    @staticmethod
+    def _drop_idmapped_layers(base: Path) -> None:
+        """Unmount and delete ``base/lower`` if there is one (idempotent, also after a crash)."""
+        if (base / "lower").is_dir():
+            netns.unmount(base / "lower")
+            (base / "lower").rmdir()
+
+    def _overlay_options(self, base: Path, layers: Path, chain_ids: list[str], *, absolute: bool) -> str:
         """Overlay mount options with the layers top first (an image without layers gets an empty lower)."""
-        lower = ":".join(str(self.root / _hex(c)) if absolute else _hex(c) for c in reversed(chain_ids))
+        lower = ":".join(str(layers / _hex(c)) if absolute else _hex(c) for c in reversed(chain_ids))
         if not lower:
             (base / "empty").mkdir(mode=0o755, exist_ok=True)
             lower = str(base / "empty")
@@ -167,6 +189,7 @@ class SnapshotStore:
             return
         try:
             await asyncio.to_thread(netns.unmount, base / "merged")
+            await asyncio.to_thread(self._drop_idmapped_layers, base)
         except OSError as exc:
             raise FailedPrecondition(f"cannot unmount the rootfs of {container_id}: {exc}") from None
         await asyncio.to_thread(shutil.rmtree, base)

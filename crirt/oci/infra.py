@@ -17,7 +17,7 @@ INFRA_PATH = "/catatonit"
 DEFAULT_OOM_SCORE_ADJ = -998
 """What kubelet-era pause containers get (containerd's default), so the OOM killer takes them last."""
 
-NAMESPACE_TYPES = {"net": "network", "ipc": "ipc", "uts": "uts"}
+NAMESPACE_TYPES = {"user": "user", "net": "network", "ipc": "ipc", "uts": "uts"}
 MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
@@ -48,11 +48,13 @@ def infra_spec(
     uid: int = 0,
     gid: int = 0,
     annotations: Mapping[str, str] | None = None,
+    user_mappings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The infra container's ``config.json`` (the bundle's rootfs is the empty directory ``rootfs``).
 
-    ``join`` maps pinned namespace kinds (``net``, ``ipc``, ``uts``) to their paths; a kind not in it is the
-    node's (hostNetwork, hostIPC). The PID and mount namespaces are always new."""
+    ``join`` maps pinned namespace kinds (``user``, ``net``, ``ipc``, ``uts``) to their paths; a kind not in it
+    is the node's (hostNetwork, hostIPC). The PID and mount namespaces are always new. ``user_mappings`` are
+    the ``uidMappings``/``gidMappings`` of a joined user namespace (runc 1.1 wants them)."""
     unknown = sorted(set(join) - set(NAMESPACE_TYPES))
     if unknown:
         raise ValueError(f"cannot join namespace kinds {unknown}; known: {sorted(NAMESPACE_TYPES)}")
@@ -86,6 +88,7 @@ def infra_spec(
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            **(user_mappings or {}),
         },
     }
 

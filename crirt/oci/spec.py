@@ -15,6 +15,7 @@ from typing import Any
 
 from crirt.cdi.schema import ContainerEdits
 from crirt.errors import FailedPrecondition, InvalidArgument
+from crirt.model.common import NamespaceOption
 from crirt.model.container import ContainerConfig, LinuxContainerSecurityContext
 from crirt.model.enums import NamespaceMode
 from crirt.model.sandbox import PodSandboxConfig
@@ -28,6 +29,7 @@ from crirt.oci.process import capabilities, process_args, process_env, working_d
 from crirt.oci.resources import linux_resources, oom_score_adj
 from crirt.oci.seccomp import seccomp_section
 from crirt.oci.user import ResolvedUser
+from crirt.oci.userns import check_container_user_namespace, plan_user_namespace
 
 SC = "config.linux.security_context"
 
@@ -39,6 +41,8 @@ class PodNamespaces:
     network: str | None = None
     ipc: str | None = None
     uts: str | None = None
+    user: str | None = None
+    """The pod's pinned user namespace (a pod with ``userns_options`` mode POD); None: the node's."""
     pid: str | None = None
     """The PID namespace to join: the infra container's (``/proc/PID/ns/pid``) for a container sharing a
     ``pid: POD`` pod's, the target container's for ``TARGET``; unused otherwise."""
@@ -116,15 +120,13 @@ def linux_namespaces(
     hostPID pod, and a new one when the pod shares none (``pid: CONTAINER``, as every container of it gets)."""
     options = context.namespace_options
     mode = options.pid if options else NamespaceMode.POD
-    userns = options.userns_options if options else None
-    if userns is not None and (userns.mode != NamespaceMode.NODE or userns.uids or userns.gids):
-        raise InvalidArgument(f"{SC}.namespace_options.userns_options: user namespaces are not supported by crirt "
-                              "yet (use mode NODE)")
     if mode == NamespaceMode.TARGET and not (options and options.target_id):
         raise InvalidArgument(f"{SC}.namespace_options.target_id: pid mode TARGET needs a target container")
     if mode == NamespaceMode.POD and pod_pid != NamespaceMode.POD:
         mode = NamespaceMode.NODE if pod_pid == NamespaceMode.NODE else NamespaceMode.CONTAINER
     namespaces: list[dict[str, str]] = []
+    if pod.user is not None:
+        namespaces.append({"type": "user", "path": pod.user})
     if mode == NamespaceMode.CONTAINER:
         namespaces.append({"type": "pid"})
     elif mode != NamespaceMode.NODE:
@@ -141,11 +143,30 @@ def linux_namespaces(
     return namespaces
 
 
+def pod_namespace_options(sandbox_config: PodSandboxConfig) -> NamespaceOption:
+    """The pod's namespace options (all POD, the CRI default, when unset)."""
+    context = sandbox_config.linux.security_context if sandbox_config.linux else None
+    return (context.namespace_options if context else None) or NamespaceOption()
+
+
 def pod_pid_mode(sandbox_config: PodSandboxConfig) -> NamespaceMode:
     """The pod's PID namespace mode (POD, the CRI default, when unset)."""
-    context = sandbox_config.linux.security_context if sandbox_config.linux else None
-    options = context.namespace_options if context else None
-    return options.pid if options else NamespaceMode.POD
+    return pod_namespace_options(sandbox_config).pid
+
+
+def user_namespace_section(context: LinuxContainerSecurityContext, sandbox_config: PodSandboxConfig,
+                           pod: PodNamespaces) -> dict[str, Any]:
+    """``uidMappings``/``gidMappings`` for a container of a pod with its own user namespace (joined by path in
+    ``linux_namespaces``); nothing for the node's. The container's settings must be its pod's."""
+    options = pod_namespace_options(sandbox_config)
+    mine = context.namespace_options.userns_options if context.namespace_options else None
+    check_container_user_namespace(options.userns_options, mine, f"{SC}.namespace_options")
+    plan = plan_user_namespace(options, "linux.security_context.namespace_options")
+    if plan is None:
+        return {}
+    if pod.user is None:
+        raise FailedPrecondition("the pod has its own user namespace, but it is not pinned any more")
+    return plan.oci_mappings()
 
 
 def pod_sysctls(sandbox_config: PodSandboxConfig) -> dict[str, str]:
@@ -208,6 +229,7 @@ def container_spec(inputs: SpecInputs) -> dict[str, Any]:
         "maskedPaths": masked,
         "readonlyPaths": readonly,
     }
+    linux.update(user_namespace_section(context, inputs.sandbox_config, inputs.namespaces))
     sysctls = pod_sysctls(inputs.sandbox_config)
     if sysctls:
         linux["sysctl"] = sysctls

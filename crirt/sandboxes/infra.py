@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 from crirt.errors import CrirtError, FailedPrecondition, NotFound
 from crirt.model.sandbox import PodSandboxConfig
 from crirt.oci.infra import infra_cgroups_path, infra_spec, own_oom_score_adj
+from crirt.oci.spec import pod_namespace_options
+from crirt.oci.userns import plan_user_namespace
 from crirt.shim.contract import CreateTask, Shim, TaskState
 from crirt.shim.registry import ShimRegistry
 
@@ -56,10 +59,14 @@ class InfraRunner:
         uid = context.run_as_user.value if context and context.run_as_user else 0
         gid = context.run_as_group.value if context and context.run_as_group else 0
         annotations = cri_annotations(sandbox_id, config)
+        userns = plan_user_namespace(pod_namespace_options(config), "linux.security_context.namespace_options")
         spec = infra_spec(sandbox_id=sandbox_id, binary=self.binary, join=join,
                           cgroups_path=infra_cgroups_path(self.cgroup_driver, cgroup_parent, sandbox_id),
-                          own_oom_score_adj=own_oom_score_adj(), uid=uid, gid=gid, annotations=annotations)
+                          own_oom_score_adj=own_oom_score_adj(), uid=uid, gid=gid, annotations=annotations,
+                          user_mappings=userns.oci_mappings() if userns else None)
         (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+        if userns is not None:  # runc makes the mount points in it as the pod's root
+            os.chown(bundle / "rootfs", *userns.root)
         (bundle / "config.json").write_text(json.dumps(spec, indent=1))
         await shim.create(CreateTask(id=sandbox_id, sandbox_id=sandbox_id, bundle=bundle, annotations=annotations))
         state = await shim.start(sandbox_id)

@@ -14,6 +14,7 @@ from crirt.errors import InvalidArgument
 from crirt.model.common import NamespaceOption
 from crirt.model.enums import NamespaceMode, Protocol
 from crirt.model.sandbox import DNSConfig, PodSandboxConfig, PortMapping
+from crirt.oci.userns import UserNamespacePlan, plan_user_namespace
 
 HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,62}[A-Za-z0-9])?$")
 DNS_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,253}$")
@@ -44,6 +45,8 @@ class NamespacePlan:
     network: NamespaceMode
     ipc: NamespaceMode
     pid: NamespaceMode
+    user: UserNamespacePlan | None = None
+    """The pod's own user namespace (``userns_options`` mode POD); None: the node's."""
 
     @property
     def host_network(self) -> bool:
@@ -51,8 +54,8 @@ class NamespacePlan:
 
     @property
     def pinned(self) -> tuple[str, ...]:
-        """Namespace kinds crirt creates and pins for the pod."""
-        kinds = []
+        """Namespace kinds crirt creates and pins for the pod (``user`` first: it owns the others)."""
+        kinds = ["user"] if self.user is not None else []
         if self.network == NamespaceMode.POD:
             kinds += ["net", "uts"]
         if self.ipc == NamespaceMode.POD:
@@ -73,7 +76,7 @@ def namespace_options(config: PodSandboxConfig) -> NamespaceOption:
 
 def plan_namespaces(options: NamespaceOption) -> NamespacePlan:
     """Check the modes a sandbox may use: network and IPC are POD or NODE; PID is POD, CONTAINER or NODE
-    (TARGET names a container, which a sandbox cannot); user namespaces are not supported yet."""
+    (TARGET names a container, which a sandbox cannot); the user namespace as ``oci.userns`` allows."""
     if options.network not in (NamespaceMode.POD, NamespaceMode.NODE):
         raise InvalidArgument(f"linux.security_context.namespace_options.network: mode {options.network.name} is "
                               "not valid for a pod sandbox (POD or NODE)")
@@ -83,11 +86,8 @@ def plan_namespaces(options: NamespaceOption) -> NamespacePlan:
     if options.pid == NamespaceMode.TARGET or options.target_id:
         raise InvalidArgument("linux.security_context.namespace_options.pid: mode TARGET (target_id) shares a "
                               "container's PID namespace and is only valid for containers, not for a pod sandbox")
-    userns = options.userns_options
-    if userns is not None and (userns.mode != NamespaceMode.NODE or userns.uids or userns.gids):
-        raise InvalidArgument("linux.security_context.namespace_options.userns_options: user namespaces are not "
-                              "supported by crirt yet (use mode NODE)")
-    return NamespacePlan(network=options.network, ipc=options.ipc, pid=options.pid)
+    user = plan_user_namespace(options, "linux.security_context.namespace_options")
+    return NamespacePlan(network=options.network, ipc=options.ipc, pid=options.pid, user=user)
 
 
 def check_hostname(hostname: str) -> str:

@@ -49,7 +49,7 @@ from crirt.model.sandbox import (
     PodSandbox,
     PodSandboxConfig,
 )
-from crirt.network import netns
+from crirt.network import netns, userns
 from crirt.network.cni import Attachment, Cni, CniError, NetworkConfig, load_network, network_problem, pod_ips
 from crirt.network.defaults import write_default_network
 from crirt.sandboxes import plumbing
@@ -253,6 +253,16 @@ class SandboxService:
         if config.log_directory and not config.log_directory.startswith("/"):
             raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
         self._check_handler(command.runtime_handler)
+        if plan.user is not None and not self.registry.features(command.runtime_handler).user_namespaces:
+            raise InvalidArgument("linux.security_context.namespace_options.userns_options: mode POD asks for a "
+                                  f"user namespace, which runtime handler {command.runtime_handler or 'default'!r} "
+                                  "does not support (Status lists the handlers that do)")
+        for directory in (self.pods_dir, self.config.root / "rootfs") if plan.user is not None else ():
+            closed = userns.unsearchable_parent(directory)
+            if closed is not None:
+                raise FailedPrecondition(f"pods with a user namespace need every directory above {directory} "
+                                         f"searchable by others, but {closed} is not (mode "
+                                         f"{closed.stat().st_mode & 0o777:o}): chmod o+x it (e.g. 711)")
         needs_infra = plan.needs_infra or self._handler_needs_infra(command.runtime_handler)
         shim: Shim | None = None
         if needs_infra:
@@ -294,9 +304,13 @@ class SandboxService:
         config = record.config
         paths.dir.mkdir(parents=True, exist_ok=True)
         if plan.pinned:
+            hostname = "" if plan.host_network else config.hostname
             try:
-                await netns.pin_namespaces(paths.dir, plan.pinned, "" if plan.host_network else config.hostname,
-                                           sysctls)
+                if plan.user is not None:
+                    await userns.pin_user_namespaces(paths.dir, [k for k in plan.pinned if k != userns.USER],
+                                                     plan.user, hostname, sysctls)
+                else:
+                    await netns.pin_namespaces(paths.dir, plan.pinned, hostname, sysctls)
             except netns.SysctlError as exc:
                 raise InvalidArgument(f"linux.sysctls: {exc}") from None
         if record.shm:
@@ -381,7 +395,7 @@ class SandboxService:
             errors.append(f"releasing the pod network: {exc}")
             network_released = False
         # the retried DEL needs the network namespace (bridge finds its masquerade rules through it)
-        kinds = [kind for kind in netns.PINNABLE if kind != "net" or network_released]
+        kinds = [kind for kind in (*netns.PINNABLE, userns.USER) if kind != "net" or network_released]
         errors += await asyncio.to_thread(_unpin_all, paths, kinds)  # umount waits on the kernel's mount lock
         return errors
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from support.images import unmount_under
 from support.network import NEEDS_RUNC_SHIM_REASON, BridgeNetwork, kill_containers_under, runc_shim_installed
 from support.registry import Registry, start_registry
 from support.shared import shared_dir
+from support.userns import searchable_tmpdir
 
 CRI_TOOLS = shared_dir() / "tools" / "cri-tools"
 """critest and crictl v1.36.0, static binaries (``../shared/tools/cri-tools`` beside a clean clone)."""
@@ -54,12 +56,12 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
 
 
 @pytest.fixture(scope="module")
-def cri_env(tmp_path_factory: pytest.TempPathFactory, mirror: Mirror) -> Iterator[CriEnv]:
+def cri_env(mirror: Mirror) -> Iterator[CriEnv]:
     """A crirt daemon whose upstream registries are mirrored to ``mirror`` only, on a private bridge network;
     whatever its pods leave behind is removed afterwards."""
     for tool in ("critest", "crictl"):
         assert (CRI_TOOLS / tool).is_file(), f"{CRI_TOOLS / tool} is missing (cri-tools belong in shared/tools)"
-    base = tmp_path_factory.mktemp("cri-tools")
+    base = searchable_tmpdir("crirt-cri-tools-")  # the UserNamespaces specs run pods with a user namespace
     net = BridgeNetwork(base / "d" / "cni")
     net.write()
     empty = base / "crictl.yaml"
@@ -75,3 +77,4 @@ def cri_env(tmp_path_factory: pytest.TempPathFactory, mirror: Mirror) -> Iterato
         kill_containers_under(base / "d" / "state")
         net.cleanup(base / "d" / "state")
         unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)

@@ -30,8 +30,6 @@ HOST_LIMITED: dict[str, str] = {
 EXPECTED_SKIPS: dict[str, str] = {
     "[k8s.io] AppArmor ": "left out with --ginkgo.skip: AppArmor is off on this kind of host",
     "benchmark about ": "benchmarks run only with -benchmark",
-    "[k8s.io] Security Context UserNamespaces ": "no runtime handler advertises user namespace support "
-                                                "(containerd and CRI-O skip them on this kind of host too)",
 }
 """Name fragments of specs that skip by design, and why; any other skip fails the run."""
 

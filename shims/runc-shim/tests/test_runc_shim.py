@@ -312,12 +312,14 @@ def test_options_are_validated(tmp_path: Path) -> None:
 
 
 def test_features_from_runc_and_from_documents(shim: RuncShim) -> None:
-    # Debian's runc 1.1.5 has the rro mount option but no id-mapped mounts.
-    assert run(shim.features()) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=False)
+    # Debian's runc 1.1.5 has the rro mount option and joins user namespaces; crirt id-maps the rootfs itself.
+    assert run(shim.features()) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=True)
     newer = {"mountOptions": ["rro"],
              "linux": {"namespaces": ["user"], "mountExtensions": {"idmap": {"enabled": True}}}}
     assert features_from(newer, (6, 1)) == HandlerFeatures(recursive_read_only_mounts=True, user_namespaces=True)
     assert features_from(newer, (5, 11)).recursive_read_only_mounts is False  # no mount_setattr(2)
+    assert features_from(newer, (5, 18)).user_namespaces is False  # overlayfs takes no id-mapped layers
+    assert features_from({"linux": {"namespaces": ["pid"]}}, (6, 1)).user_namespaces is False
     assert features_from(None, (6, 1)) == HandlerFeatures()
 
 

@@ -196,11 +196,33 @@ def test_pid_namespace_modes() -> None:
         spec({"linux": {"security_context": {"namespace_options": {"pid": "TARGET"}}}})
 
 
-def test_user_namespaces_are_refused() -> None:
-    userns = {"namespace_options": {"userns_options": {"mode": "POD", "uids": [{"host_id": 100000, "length": 65536}]}}}
-    with pytest.raises(InvalidArgument, match="user namespaces are not supported"):
-        spec({"linux": {"security_context": userns}})
-    spec({"linux": {"security_context": {"namespace_options": {"userns_options": {"mode": "NODE"}}}}})
+POD_USERNS = {"mode": "POD", "uids": [{"host_id": 100000, "length": 65536}],
+              "gids": [{"host_id": 200000, "length": 65536}]}
+
+
+def test_a_pod_user_namespace_is_joined_with_its_mappings() -> None:
+    pod = {"linux": {"security_context": {"namespace_options": {"userns_options": POD_USERNS}}}}
+    pinned = dataclasses.replace(NAMESPACES, user=f"{PINS}/user")
+    for container in ({}, {"linux": {"security_context": {"namespace_options": {"userns_options": POD_USERNS}}}}):
+        s = spec(container, pod, namespaces=pinned)
+        assert s["linux"]["namespaces"][0] == {"type": "user", "path": f"{PINS}/user"}
+        assert s["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        assert s["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    with pytest.raises(FailedPrecondition, match="not pinned"):
+        spec({}, pod)
+    plain = spec({"linux": {"security_context": {"namespace_options": {"userns_options": {"mode": "NODE"}}}}})
+    assert "uidMappings" not in plain["linux"] and all(n["type"] != "user" for n in plain["linux"]["namespaces"])
+
+
+def test_a_container_cannot_change_its_pods_user_namespace() -> None:
+    other = {**POD_USERNS, "uids": [{"host_id": 300000, "length": 65536}]}
+    pod = {"linux": {"security_context": {"namespace_options": {"userns_options": POD_USERNS}}}}
+    pinned = dataclasses.replace(NAMESPACES, user=f"{PINS}/user")
+    with pytest.raises(InvalidArgument, match=r"namespace_options\.userns_options: a container's user namespace"):
+        spec({"linux": {"security_context": {"namespace_options": {"userns_options": other}}}}, pod,
+             namespaces=pinned)
+    with pytest.raises(InvalidArgument, match="must be its pod's"):
+        spec({"linux": {"security_context": {"namespace_options": {"userns_options": POD_USERNS}}}})
 
 
 def test_cgroup_v2_systemd_and_cgroup_namespace() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crirt.errors import InvalidArgument
-from crirt.model.common import NamespaceOption, UserNamespace
+from crirt.model.common import IDMapping, NamespaceOption, UserNamespace
 from crirt.model.enums import NamespaceMode, Protocol
 from crirt.model.sandbox import (
     DNSConfig,
@@ -44,7 +44,8 @@ def test_namespace_plans(network, ipc, pid, pinned, infra) -> None:
     (NamespaceOption(ipc=CONTAINER), "ipc: mode CONTAINER"),
     (NamespaceOption(pid=TARGET), "only valid for containers"),
     (NamespaceOption(pid=CONTAINER, target_id="abc"), "target_id"),
-    (NamespaceOption(userns_options=UserNamespace(mode=POD)), "user namespaces"),
+    (NamespaceOption(userns_options=UserNamespace(mode=POD)), "userns_options.uids: mode POD needs exactly one"),
+    (NamespaceOption(userns_options=UserNamespace(mode=CONTAINER)), "userns_options.mode: CONTAINER"),
 ])
 def test_invalid_namespace_modes(options: NamespaceOption, words: str) -> None:
     with pytest.raises(InvalidArgument, match=words):
@@ -52,7 +53,15 @@ def test_invalid_namespace_modes(options: NamespaceOption, words: str) -> None:
 
 
 def test_host_user_namespace_is_fine() -> None:
-    plumbing.plan_namespaces(NamespaceOption(userns_options=UserNamespace(mode=NODE)))
+    assert plumbing.plan_namespaces(NamespaceOption(userns_options=UserNamespace(mode=NODE))).user is None
+
+
+def test_a_pod_user_namespace_is_pinned_first() -> None:
+    mapping = IDMapping(host_id=100000, length=65536)
+    plan = plumbing.plan_namespaces(NamespaceOption(pid=CONTAINER, userns_options=UserNamespace(
+        mode=POD, uids=[mapping], gids=[IDMapping(host_id=200000, length=1000)])))
+    assert plan.pinned == ("user", "net", "uts", "ipc") and not plan.needs_infra
+    assert plan.user is not None and plan.user.root == (100000, 200000)
 
 
 @pytest.mark.parametrize("name", ["web-0", "a", "x" * 64, "pod.example.com"])

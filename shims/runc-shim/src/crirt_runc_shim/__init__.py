@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 OPTIONS = ("binary", "root", "systemd_cgroup", "extra_args", "conmon", "exit_sweep_interval")
 RRO_KERNEL = (5, 12)
 """The first kernel with ``mount_setattr(2)``, which runc's ``rro`` needs."""
+IDMAP_OVERLAY_KERNEL = (5, 19)
+"""The first kernel whose overlayfs takes id-mapped lower layers, which crirt's pod rootfs needs."""
 
 
 
@@ -36,16 +38,16 @@ def features_from(runtime_features: Mapping[str, Any] | None, kernel: tuple[int,
 
     Recursive read-only mounts need the ``rro`` mount option and a kernel with ``mount_setattr`` (5.12, the
     gate containerd applies too: runc lists ``rro`` whatever the kernel); user namespaces for pods need the
-    ``user`` namespace and id-mapped mounts (``linux.mountExtensions.idmap.enabled``, runc >= 1.2). Without the
-    document (runc < 1.1) nothing is claimed.
+    ``user`` namespace (joined by path) and a kernel with id-mapped overlay layers: crirt prepares the
+    id-mapped rootfs itself before runc runs, so runc's own id-mapped mounts (runc >= 1.2) are not needed.
+    Without the document (runc < 1.1) nothing is claimed.
     """
     if not runtime_features:
         return HandlerFeatures()
     linux = runtime_features.get("linux") or {}
-    idmap = ((linux.get("mountExtensions") or {}).get("idmap") or {}).get("enabled") is True
     return HandlerFeatures(
         recursive_read_only_mounts=kernel >= RRO_KERNEL and "rro" in (runtime_features.get("mountOptions") or []),
-        user_namespaces=idmap and "user" in (linux.get("namespaces") or []),
+        user_namespaces=kernel >= IDMAP_OVERLAY_KERNEL and "user" in (linux.get("namespaces") or []),
     )
 
 
