@@ -54,11 +54,6 @@ GVISOR_LIMITED: dict[str, str] = {
     "reason OOMKilled": "a container's memory limit is not applied: the sandbox runs in the pod's infra cgroup, "
                         "and one container is never OOM-killed alone",
 }
-OPEN: dict[str, str] = {
-    NS + "PodPID": "crirt's to fix: in a pid POD gVisor pod the nginx container is pid 1 of its own PID namespace "
-                   "(/proc/1/cmdline is nginx's), not in the infra container's",
-}
-"""Failures that are crirt's, not gVisor's, and still open (accepted so the run guards everything else)."""
 GVISOR_SKIPS = {
     **EXPECTED_SKIPS,
     "[k8s.io] Container Mount Readonly runtime should support readonly mounts should support recursive ":
@@ -74,5 +69,5 @@ pytestmark = pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc is 
 
 @pytest.mark.timeout(3600)
 def test_critest_gvisor(cri_env: CriEnv) -> None:
-    run_critest(cri_env, "critest-runsc", HOST_LIMITED | GVISOR_LIMITED | OPEN, ("--runtime-handler=runsc",),
+    run_critest(cri_env, "critest-runsc", HOST_LIMITED | GVISOR_LIMITED, ("--runtime-handler=runsc",),
                 GVISOR_SKIPS).check()

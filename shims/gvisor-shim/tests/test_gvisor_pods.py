@@ -215,6 +215,8 @@ def test_pid_pod_containers_see_each_other(env: GvisorEnv, tmp_path: Path) -> No
         b = start(env, sandbox_id, "b", "exec sleep 1002")
         seen = exec_sync(env, b, "/bin/busybox", "ps", "-o", "args").stdout.decode()
         assert "sleep 1001" in seen and "sleep 1002" in seen, seen
+        # as with runc, pid 1 of the pod's namespace is the infra container's process, not the first container
+        assert "sleep" not in exec_sync(env, b, "cat", "/proc/1/cmdline").stdout.decode()
     finally:
         env.runtime.StopPodSandbox(env.pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
         env.runtime.RemovePodSandbox(env.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)

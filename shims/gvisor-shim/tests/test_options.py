@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from crirt_gvisor_shim import GvisorShim, platforms_listed, runsc_flags
 from crirt_gvisor_shim.runtime import (
+    join_sandbox_pid_namespace,
     network_namespace,
     parse_stats_event,
     refuse_bidirectional,
@@ -142,3 +143,11 @@ def test_network_namespace_of_a_spec() -> None:
     assert network_namespace({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/p"}]}}) == "/run/netns/p"
     assert network_namespace({"linux": {"namespaces": [{"type": "network"}]}}) is None
     assert network_namespace({"linux": {"namespaces": [{"type": "pid"}]}}) is None
+
+
+def test_a_sub_container_joining_the_pods_pid_namespace_runs_in_the_sandboxs() -> None:
+    spec = {"linux": {"namespaces": [{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "ipc", "path": "/p"}]}}
+    assert join_sandbox_pid_namespace(spec) is True
+    assert spec["linux"]["namespaces"] == [{"type": "ipc", "path": "/p"}]
+    own = {"linux": {"namespaces": [{"type": "pid"}]}}
+    assert join_sandbox_pid_namespace(own) is False and own["linux"]["namespaces"] == [{"type": "pid"}]

@@ -105,6 +105,20 @@ def refuse_bidirectional(spec: dict[str, Any]) -> None:
                               "sandbox never reach the host); use PROPAGATION_HOST_TO_CONTAINER or PRIVATE")
 
 
+def join_sandbox_pid_namespace(spec: dict[str, Any]) -> bool:
+    """A sub-container that joins a PID namespace by path joins the pod's (``pid: POD``): runsc shares a PID
+    namespace only between sub-containers naming the same path, never with the sandbox's root container, so
+    drop the entry and runsc runs it in the sandbox's root namespace, where the infra container is pid 1 (as
+    with runc). True if the spec changed."""
+    linux = spec.get("linux") or {}
+    namespaces = linux.get("namespaces") or []
+    kept = [ns for ns in namespaces if not (ns.get("type") == "pid" and ns.get("path"))]
+    if len(kept) == len(namespaces):
+        return False
+    linux["namespaces"] = kept
+    return True
+
+
 def network_namespace(spec: dict[str, Any]) -> str | None:
     """The path of the network namespace the spec joins (a pod's own), or None (the node's, or a new one)."""
     for namespace in (spec.get("linux") or {}).get("namespaces") or []:
@@ -197,6 +211,8 @@ class GvisorRuntime(ConmonRuntime):
             netns = network_namespace(spec)
             if netns is not None and HOST_NETWORK in self.global_args:
                 await open_low_ports(spec, netns)
+        else:
+            changed = join_sandbox_pid_namespace(spec) or changed
         if changed:
             (task.bundle / "config.json").write_text(json.dumps(spec))
         if sandbox is None:
