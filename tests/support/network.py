@@ -154,8 +154,21 @@ class BridgeNetwork:
         shutil.rmtree(HOST_LOCAL_DIR / self.name, ignore_errors=True)
 
 
+def _gvisor_processes(runsc_root: Path) -> list[int]:
+    """The runsc-sandbox and runsc-gofer processes run with ``--root=<runsc_root>``."""
+    flag = f"--root={runsc_root}".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0] in (b"runsc-sandbox", b"runsc-gofer") and flag in argv:
+                found.append(int(cmdline.parent.name))
+    return found
+
+
 def kill_containers_under(state_dir: Path) -> None:
-    """Delete every runc container whose runc root lies under ``state_dir`` and kill its conmon.
+    """Delete every runc container whose runc root lies under ``state_dir``, kill every gVisor sandbox and gofer
+    whose runsc root does, and kill their conmons.
 
     Containers outlive the daemon by design (conmon is not its child), so a test that fails before removing
     its pods would otherwise leave them running."""
@@ -163,6 +176,10 @@ def kill_containers_under(state_dir: Path) -> None:
         listing = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
         for container_id in listing.stdout.split():
             subprocess.run(["runc", "--root", str(root), "delete", "--force", container_id], capture_output=True)
+    for root in state_dir.glob("shims/*/runsc-root"):
+        for pid in _gvisor_processes(root):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     for pidfile in state_dir.glob("shims/*/containers/*/conmon.pid"):
         with contextlib.suppress(ValueError, OSError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)

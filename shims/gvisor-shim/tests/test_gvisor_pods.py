@@ -167,16 +167,33 @@ def test_container_stats_come_from_the_sandbox(env: GvisorEnv, pod: tuple[str, P
 
 
 def test_the_pod_network_reaches_the_sandbox(env: GvisorEnv, pod: tuple[str, Path]) -> None:
-    """With network=host the sandbox uses the pod's namespace: its CNI address serves a listener in gVisor."""
+    """With network=host the sandbox uses the pod's namespace: its CNI address serves a listener in gVisor, on
+    port 80 too (as nginx does), though the host kernel sees the bind come from the capability-less sentry."""
     sandbox_id, _ = pod
     ip = env.runtime.PodSandboxStatus(env.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
                                       timeout=10).status.network.ip
     assert ip in [str(h) for h in env.net.subnet.hosts()]
-    cid = start(env, sandbox_id, "web", "echo served-by-gvisor > /tmp/index.html; exec httpd -f -p 8080 -h /tmp")
+    cid = start(env, sandbox_id, "web", "echo served-by-gvisor > /tmp/index.html; exec httpd -f -p 80 -h /tmp")
     assert ip in exec_sync(env, cid, "/bin/busybox", "ip", "-4", "addr").stdout.decode()
-    page = wait_until(lambda: subprocess.run(["busybox", "wget", "-q", "-O", "-", f"http://{ip}:8080/index.html"],
+    page = wait_until(lambda: subprocess.run(["busybox", "wget", "-q", "-O", "-", f"http://{ip}/index.html"],
                                              capture_output=True, text=True, timeout=10).stdout, 15)
     assert page == "served-by-gvisor\n"
+
+
+def test_bidirectional_mounts_are_refused_naming_the_mount(env: GvisorEnv, pod: tuple[str, Path],
+                                                           tmp_path: Path) -> None:
+    pb = env.pb
+    sandbox_id, _ = pod
+    config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="shared"), image=pb.ImageSpec(image=env.image),
+                                command=["sleep", "1000"], mounts=[pb.Mount(
+                                    container_path="/shared", host_path=str(tmp_path),
+                                    propagation=pb.PROPAGATION_BIDIRECTIONAL)])
+    with pytest.raises(grpc.RpcError) as caught:
+        env.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "config.mounts: '/shared' asks for PROPAGATION_BIDIRECTIONAL" in caught.value.details()
+    listed = env.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+    assert not [c for c in listed if c.pod_sandbox_id == sandbox_id]
 
 
 def test_host_network_pod_has_the_nodes_name(env: GvisorEnv, tmp_path: Path) -> None:
@@ -198,6 +215,8 @@ def test_pid_pod_containers_see_each_other(env: GvisorEnv, tmp_path: Path) -> No
         b = start(env, sandbox_id, "b", "exec sleep 1002")
         seen = exec_sync(env, b, "/bin/busybox", "ps", "-o", "args").stdout.decode()
         assert "sleep 1001" in seen and "sleep 1002" in seen, seen
+        # as with runc, pid 1 of the pod's namespace is the infra container's process, not the first container
+        assert "sleep" not in exec_sync(env, b, "cat", "/proc/1/cmdline").stdout.decode()
     finally:
         env.runtime.StopPodSandbox(env.pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)
         env.runtime.RemovePodSandbox(env.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=60)

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 from crirt_gvisor_shim import GvisorShim, platforms_listed, runsc_flags
-from crirt_gvisor_shim.runtime import parse_stats_event, sandbox_of, uts_namespace
+from crirt_gvisor_shim.runtime import (
+    join_sandbox_pid_namespace,
+    network_namespace,
+    parse_stats_event,
+    refuse_bidirectional,
+    runsc_capabilities,
+    sandbox_of,
+    uts_namespace,
+)
 
 from crirt.errors import InvalidArgument
 from crirt.shim import ShimContext
@@ -111,3 +119,35 @@ def test_stats_event_becomes_the_contract_stats() -> None:
     assert stats["process"] == {"process_count": 5} and stats["timestamp"] > 0
     idle_root = parse_stats_event(json.dumps({"type": "stats", "id": "s", "data": {"cpu": {"usage": {}}}}))
     assert set(idle_root) == {"timestamp"}
+
+
+def test_capabilities_runsc_does_not_know_are_dropped_from_every_set() -> None:
+    spec = {"process": {"capabilities": {"bounding": ["CAP_CHOWN", "CAP_PERFMON", "CAP_BPF"],
+                                         "effective": ["CAP_SYS_ADMIN", "CAP_CHECKPOINT_RESTORE"]}}}
+    assert runsc_capabilities(spec) is True
+    assert spec["process"]["capabilities"] == {"bounding": ["CAP_CHOWN"], "effective": ["CAP_SYS_ADMIN"]}
+    assert runsc_capabilities(spec) is False
+    assert runsc_capabilities({"process": {}}) is False
+
+
+def test_bidirectional_propagation_is_refused_naming_the_mount() -> None:
+    refuse_bidirectional({"mounts": [{"destination": "/a", "options": ["rbind", "rslave"]}],
+                          "linux": {"rootfsPropagation": "rslave"}})
+    spec = {"mounts": [{"destination": "/data", "options": ["rbind", "rshared", "rw"]}],
+            "linux": {"rootfsPropagation": "rshared"}}
+    with pytest.raises(InvalidArgument, match=r"config.mounts: '/data' asks for PROPAGATION_BIDIRECTIONAL"):
+        refuse_bidirectional(spec)
+
+
+def test_network_namespace_of_a_spec() -> None:
+    assert network_namespace({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/p"}]}}) == "/run/netns/p"
+    assert network_namespace({"linux": {"namespaces": [{"type": "network"}]}}) is None
+    assert network_namespace({"linux": {"namespaces": [{"type": "pid"}]}}) is None
+
+
+def test_a_sub_container_joining_the_pods_pid_namespace_runs_in_the_sandboxs() -> None:
+    spec = {"linux": {"namespaces": [{"type": "pid", "path": "/proc/7/ns/pid"}, {"type": "ipc", "path": "/p"}]}}
+    assert join_sandbox_pid_namespace(spec) is True
+    assert spec["linux"]["namespaces"] == [{"type": "ipc", "path": "/p"}]
+    own = {"linux": {"namespaces": [{"type": "pid"}]}}
+    assert join_sandbox_pid_namespace(own) is False and own["linux"]["namespaces"] == [{"type": "pid"}]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from crirt_gvisor_shim import GvisorShim
+from crirt_gvisor_shim.runtime import RUNSC_CAPABILITIES
 from support.network import wait_until
 
 from crirt.errors import AlreadyExists, FailedPrecondition, Unimplemented
@@ -27,6 +28,8 @@ from .conftest import needs_gvisor, runsc_processes
 pytestmark = needs_gvisor
 
 SANDBOX = "sb"
+NEWER_CAPABILITIES = ["CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]
+"""Linux 5.8's and 5.9's capabilities, which crirt gives a privileged container and runsc 20221219 refuses."""
 JOIN = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": SANDBOX}
 
 
@@ -35,7 +38,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rootfs")
     (root / "bin").mkdir()
     shutil.copy2("/bin/busybox", root / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo", "cat", "ps", "hostname", "stty"):
+    for applet in ("sh", "sleep", "echo", "cat", "ps", "hostname", "stty", "grep"):
         (root / "bin" / applet).symlink_to("busybox")
     for directory in ("proc", "dev", "tmp"):
         (root / directory).mkdir()
@@ -141,6 +144,28 @@ def test_sub_container_with_a_terminal(pod: Pod) -> None:
         await pod.shim.resize("tty", None, 100, 40)
         await pod.shim.kill("tty", 9)
         assert (await asyncio.wait_for(pod.shim.wait("tty"), 15)).exit_code == 137
+
+    asyncio.run(scenario())
+
+
+def test_capabilities_runsc_does_not_know_are_dropped(pod: Pod) -> None:
+    """A privileged container's spec lists every Linux capability; runsc 20221219 refuses CAP_PERFMON and the
+    later ones ("unknown capability"), so the shim keeps those it knows."""
+    async def scenario() -> None:
+        task = pod.task("privileged", ["/bin/sh", "-c", "grep CapEff /proc/self/status"])
+        spec = json.loads((task.bundle / "config.json").read_text())
+        every = [*sorted(RUNSC_CAPABILITIES), *NEWER_CAPABILITIES]
+        spec["process"]["capabilities"] = {name: every for name in
+                                           ("bounding", "effective", "permitted", "inheritable", "ambient")}
+        (task.bundle / "config.json").write_text(json.dumps(spec))
+        await pod.shim.create(task)
+        await pod.shim.start("privileged")
+        assert (await asyncio.wait_for(pod.shim.wait("privileged"), 15)).exit_code == 0
+        caps = json.loads((task.bundle / "config.json").read_text())["process"]["capabilities"]
+        assert all(caps[name] == sorted(RUNSC_CAPABILITIES) for name in caps)
+        wait_until(lambda: pod.log("privileged").read_text(), 10)
+        # capabilities 0-37 but CAP_NET_RAW (13), which runsc drops unless it runs with --net-raw
+        assert lines(pod.log("privileged")) == [("stdout", "CapEff:\t0000003fffffdfff")]
 
     asyncio.run(scenario())
 

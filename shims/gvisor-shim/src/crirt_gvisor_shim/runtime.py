@@ -52,6 +52,20 @@ SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 HOLDER = Path(__file__).with_name("holder.sh")
 SHELL = Path("/bin/sh")
 KILLED = 128 + 9
+HOST_NETWORK = "--network=host"
+UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
+RUNSC_CAPABILITIES = frozenset({
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+})
+"""The capabilities runsc 20221219 knows (Linux's up to CAP_AUDIT_READ, 37): it refuses a spec naming any other
+("unknown capability"), such as CAP_PERFMON, CAP_BPF or CAP_CHECKPOINT_RESTORE, which a privileged container
+or one adding ALL gets."""
 
 
 def sandbox_of(annotations: dict[str, str]) -> str | None:
@@ -66,6 +80,67 @@ def sandbox_of(annotations: dict[str, str]) -> str | None:
     if not sandbox:
         raise InvalidArgument(f"a gVisor container of type 'container' needs the annotation {SANDBOX_ID}")
     return sandbox
+
+
+def runsc_capabilities(spec: dict[str, Any]) -> bool:
+    """Drop the capabilities runsc does not know from every set of the spec's process (gVisor implements none
+    of them, so nothing is lost); True if the spec changed."""
+    sets = (spec.get("process") or {}).get("capabilities") or {}
+    changed = False
+    for name, caps in sets.items():
+        kept = [cap for cap in caps if cap in RUNSC_CAPABILITIES]
+        if kept != caps:
+            sets[name], changed = kept, True
+    return changed
+
+
+def refuse_bidirectional(spec: dict[str, Any]) -> None:
+    """INVALID_ARGUMENT for a mount with bidirectional propagation (``rshared``): mounts made inside the sandbox
+    live in the sentry's own VFS and never reach the host, and runsc refuses an ``rshared`` root."""
+    shared = [mount.get("destination", "?") for mount in spec.get("mounts") or []
+              if "rshared" in (mount.get("options") or [])]
+    if shared or (spec.get("linux") or {}).get("rootfsPropagation") == "rshared":
+        raise InvalidArgument(f"config.mounts: {', '.join(map(repr, shared)) or 'a mount'} asks for "
+                              "PROPAGATION_BIDIRECTIONAL, which gVisor cannot provide (mounts made inside the "
+                              "sandbox never reach the host); use PROPAGATION_HOST_TO_CONTAINER or PRIVATE")
+
+
+def join_sandbox_pid_namespace(spec: dict[str, Any]) -> bool:
+    """A sub-container that joins a PID namespace by path joins the pod's (``pid: POD``): runsc shares a PID
+    namespace only between sub-containers naming the same path, never with the sandbox's root container, so
+    drop the entry and runsc runs it in the sandbox's root namespace, where the infra container is pid 1 (as
+    with runc). True if the spec changed."""
+    linux = spec.get("linux") or {}
+    namespaces = linux.get("namespaces") or []
+    kept = [ns for ns in namespaces if not (ns.get("type") == "pid" and ns.get("path"))]
+    if len(kept) == len(namespaces):
+        return False
+    linux["namespaces"] = kept
+    return True
+
+
+def network_namespace(spec: dict[str, Any]) -> str | None:
+    """The path of the network namespace the spec joins (a pod's own), or None (the node's, or a new one)."""
+    for namespace in (spec.get("linux") or {}).get("namespaces") or []:
+        if namespace.get("type") == "network":
+            return namespace.get("path") or None
+    return None
+
+
+async def open_low_ports(spec: dict[str, Any], path: str) -> None:
+    """Let the pod's processes bind ports below 1024 in its network namespace (``UNPRIVILEGED_PORTS``, 0 unless
+    the pod's sysctls say otherwise). With ``--network=host`` the sentry opens the pod's sockets on the host as
+    the sandbox process, which keeps no capability but CAP_SYS_CHROOT, so a container allowed to bind port 80
+    (CAP_NET_BIND_SERVICE inside gVisor) would get EACCES from the host kernel. containerd sets the same for
+    every pod with its own network namespace."""
+    value = str(((spec.get("linux") or {}).get("sysctl") or {}).get(UNPRIVILEGED_PORTS, "0"))
+    if not value.isdigit():
+        raise InvalidArgument(f"sysctl {UNPRIVILEGED_PORTS}={value!r}: not a port number")
+    target = "/proc/sys/" + UNPRIVILEGED_PORTS.replace(".", "/")
+    done = await run_program(["nsenter", f"--net={path}", str(SHELL), "-c", f"echo {value} > {target}"])
+    if done.returncode != 0:
+        raise RuntimeFailure(f"setting {UNPRIVILEGED_PORTS} in network namespace {path}: "
+                             f"{done.stderr.decode(errors='replace').strip()}")
 
 
 def uts_namespace(spec: dict[str, Any]) -> tuple[bool, str | None]:
@@ -129,8 +204,18 @@ class GvisorRuntime(ConmonRuntime):
         except (OSError, ValueError):
             return await super().conmon_command(task, files)  # runsc reports the broken bundle
         sandbox = sandbox_of(spec.get("annotations") or {})
+        refuse_bidirectional(spec)
+        changed = runsc_capabilities(spec)
         if sandbox is None:
-            await self._name_sandbox(task.bundle, spec)
+            changed = await self._name_sandbox(spec) or changed
+            netns = network_namespace(spec)
+            if netns is not None and HOST_NETWORK in self.global_args:
+                await open_low_ports(spec, netns)
+        else:
+            changed = join_sandbox_pid_namespace(spec) or changed
+        if changed:
+            (task.bundle / "config.json").write_text(json.dumps(spec))
+        if sandbox is None:
             return await super().conmon_command(task, files)
         if not self.known_to_runtime(sandbox):
             raise FailedPrecondition(f"container {task.id!r} joins gVisor sandbox {sandbox!r}, which runsc does "
@@ -141,15 +226,16 @@ class GvisorRuntime(ConmonRuntime):
                            runtime_args=[str(HOLDER), str(self.runtime), *self.global_args, "--"],
                            files=files, bundle=task.bundle, stdio=task.stdio, systemd_cgroup=self.systemd_cgroup)
 
-    async def _name_sandbox(self, bundle: Path, spec: dict[str, Any]) -> None:
+    @staticmethod
+    async def _name_sandbox(spec: dict[str, Any]) -> bool:
         """gVisor gives each sandbox its own UTS namespace named after the root spec's ``hostname``, ignoring the
         namespace the spec joins: copy the host name of that namespace (the pod's) into the spec, or the node's
-        for a pod on the node's UTS namespace (hostNetwork)."""
+        for a pod on the node's UTS namespace (hostNetwork); True if the spec changed."""
         listed, joined = uts_namespace(spec)
         if spec.get("hostname") or (listed and joined is None):
-            return
+            return False
         spec["hostname"] = await namespace_hostname(joined) if joined else socket.gethostname()
-        (bundle / "config.json").write_text(json.dumps(spec))
+        return True
 
     async def start(self, container_id: str) -> TaskState:
         """A sub-container starts with the holder's stdio (conmon's pipes); then the holder may wait for it."""
