@@ -41,7 +41,7 @@ def with_userns(pb: ModuleType, config: Any, host_id: int) -> Any:
 
 
 def run(base: Path, pb: ModuleType, pb_grpc: ModuleType, pods: int, host_id: int) -> dict[str, list[float]]:
-    net = BridgeNetwork(base / "cni")
+    net = BridgeNetwork(base / "crirt" / "cni")
     net.write()
     times: dict[str, list[float]] = {"plain": [], "userns": []}
     try:
