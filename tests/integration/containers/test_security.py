@@ -14,20 +14,11 @@ import grpc
 import pytest
 from support.network import runc_shim_installed
 
-from .conftest import ContainerEnv
-from .test_behaviour import IDLE, Pods, error_of
+from .test_behaviour import IDLE, Pods, error_of, pods
+
+__all__ = ["pods"]  # the fixture, shared with the behaviour tests
 
 pytestmark = pytest.mark.skipif(not runc_shim_installed(), reason="the runc shim plugin is not installed")
-
-
-@pytest.fixture
-def pods(env: ContainerEnv, tmp_path: Path) -> Iterator[Pods]:
-    env.images.PullImage(env.pb.PullImageRequest(image=env.pb.ImageSpec(image=env.image)), timeout=60)
-    made = Pods(env, tmp_path / "logs")
-    yield made
-    made.remove_all()
-    listed = env.runtime.ListContainers(env.pb.ListContainersRequest(), timeout=10).containers
-    assert not {c.id for c in listed} & set(made.containers)
 
 
 def leaves_nothing(pods: Pods, pod: str) -> None:
