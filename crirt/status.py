@@ -123,7 +123,8 @@ class RuntimeInfo:
             for name, h in self.registry.handlers.items()
         }
         return {
-            "config": self.config.model_dump_json(),
+            "config": json.dumps({**self.config.model_dump(mode="json"),  # containerd's names for the two dirs
+                                  "rootDir": str(self.config.root), "stateDir": str(self.config.state)}),
             "handlerStatus": json.dumps(handlers),
             "defaultRuntime": json.dumps(self.registry.default),
             "cniConfigFiles": json.dumps([str(p) for p in cni_config_files(self.config.cni.conf_dir)]),

@@ -23,6 +23,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from crirt.commands.internal import KillPodContainersCommand, PodContainersResul
 from crirt.commands.runtime import GetContainerEventsCommand, GetContainerEventsResult
 from crirt.commands.streaming import ExecSyncCommand, ExecSyncResult
 from crirt.config import Config
+from crirt.containers.idmapped import IdmappedBinds
 from crirt.containers.pods import Pods
 from crirt.containers.queries import CONTAINERS
 from crirt.containers.records import RECORDS, ContainerRecord, exit_reason, name_key
@@ -139,6 +141,7 @@ class ContainerService:
         self.pods = pods
         self.images = images
         self.bundles = config.state / "containers"
+        self.idmapped = IdmappedBinds(config.state / "idmapped")
         self.records: Table[ContainerRecord] = store.table(RECORDS, ContainerRecord)
         self.listing: Table[Container] = store.table(CONTAINERS, Container)
         self._names = {r.name_key: r.id for r in self.records}
@@ -207,18 +210,27 @@ class ContainerService:
         """Remove bundles, tasks and root filesystems that belong to no record (a crash during
         CreateContainer or RemoveContainer): the runtime's task and its monitor are killed too."""
         bundles = sorted(p.name for p in self.bundles.iterdir()) if self.bundles.is_dir() else []
-        for container_id in sorted(set(bundles) | set(self.images.snapshots.rootfs_ids())):
+        made = set(bundles) | set(self.images.snapshots.rootfs_ids()) | set(self.idmapped.ids())
+        for container_id in sorted(made):
             if container_id in self.records:
                 continue
             log.info("removing container %s, left half-made by an earlier crirt", container_id)
             try:
                 shim = self.registry.resolve(self._orphan_handler(self.bundles / container_id))
                 await shim.delete(container_id)
+                await self._release_binds(container_id)
                 await self.images.snapshots.remove_rootfs(container_id)
             except CrirtError as exc:
                 log.warning("could not remove half-made container %s: %s", container_id, exc)
                 continue
             await asyncio.to_thread(shutil.rmtree, self.bundles / container_id, True)
+
+    async def _release_binds(self, container_id: str) -> None:
+        """Unmount a container's id-mapped bind sources (a pod with a user namespace); none is fine."""
+        try:
+            await asyncio.to_thread(self.idmapped.release, container_id)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot unmount the id-mapped volumes of {container_id}: {exc}") from None
 
     def _orphan_handler(self, bundle: Path) -> str:
         """The runtime handler of a container without a record: its pod's, from the bundle's sandbox-id
@@ -366,16 +378,22 @@ class ContainerService:
             hosts=str(paths.hosts) if paths.hosts.exists() else None,
             resolv_conf=str(paths.resolv_conf) if paths.resolv_conf.exists() else None,
             shm=str(paths.shm) if sandbox.shm else None)
+        host_paths = resolve_host_paths(config.mounts)
         spec = container_spec(SpecInputs(
             container_id=container_id, sandbox_id=sandbox.id, config=config, sandbox_config=sandbox.config,
             image_name=image_text, image_config=image_config, user=user, rootfs=str(rootfs),
             hostname=sandbox.hostname, namespaces=namespaces, pod_files=pod_files,
             cgroup_driver=self.config.cgroup_driver, cgroup_parent=sandbox.cgroup_parent, host=self._host_facts(),
-            host_paths=resolve_host_paths(config.mounts),
+            host_paths=host_paths,
             devices={d.host_path: devices_at(d.host_path) for d in config.devices},
             host_devices=host_devices() if context.privileged else (),
             rro_mounts=self.registry.features(sandbox.runtime_handler).recursive_read_only_mounts,
             seccomp_profile=await asyncio.to_thread(read_localhost_profile, context), cdi_edits=cdi_edits))
+        if idmap is not None:
+            made.append("binds")
+            sources = [*host_paths.values(), *(f for f in astuple(pod_files) if f is not None)]
+            spec["mounts"] = await asyncio.to_thread(self.idmapped.prepare, container_id, spec["mounts"], sources,
+                                                     idmap.userns)
         bundle = self.bundles / container_id
         made.append("bundle")
         bundle.mkdir(parents=True)
@@ -408,6 +426,8 @@ class ContainerService:
             steps.append(("task", lambda: shim.delete(container_id)))
         if "bundle" in made:
             steps.append(("bundle", lambda: asyncio.to_thread(_remove_tree, self.bundles / container_id)))
+        if "binds" in made:
+            steps.append(("id-mapped binds", lambda: self._release_binds(container_id)))
         if "rootfs" in made:
             steps.append(("rootfs", lambda: self.images.snapshots.remove_rootfs(container_id)))
         failed = []
@@ -550,6 +570,7 @@ class ContainerService:
         if watcher is not None:
             watcher.cancel()
         await self.registry.resolve(record.runtime_handler).delete(container_id)
+        await self._release_binds(container_id)
         await self.images.snapshots.remove_rootfs(container_id)
         await asyncio.to_thread(shutil.rmtree, record.bundle, True)
         self.listing.delete(container_id)

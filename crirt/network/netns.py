@@ -49,13 +49,15 @@ PINNABLE = ("net", "ipc", "uts")
 """Namespace kinds crirt pins for a pod (the PID namespace needs a process: the infra container)."""
 
 # Runs inside the new namespaces: $1 is the hostname ("" keeps the inherited one; /proc/sys takes it from the
-# node's root only, so inside a pod's user namespace hostname(1) sets it), then sysctl path/value pairs
-# relative to /proc/sys. Only shell builtins, so the whole pin costs one unshare and one sh. Exit code 3
+# node's root only, so inside a pod's user namespace hostname(1) sets it, and domainname(1) the domain name),
+# then sysctl path/value pairs relative to /proc/sys. Otherwise shell builtins only, so the whole pin costs one
+# unshare and one sh. Exit code 3
 # means a sysctl could not be set (sh has printed which file and why).
 PIN_SCRIPT = (
     'if [ -n "$1" ]; then { printf %s "$1" > /proc/sys/kernel/hostname; } 2>/dev/null || hostname "$1" || exit 1; '
     'fi; shift; '
     'while [ $# -gt 1 ]; do printf %s "$2" 2>/dev/null > "/proc/sys/$1" || '
+    '{ [ "$1" = kernel/domainname ] && domainname "$2" 2>/dev/null; } || '
     '{ echo "the kernel refused $1 = \'$2\'" >&2; exit 3; }; shift 2; done'
 )
 

@@ -231,6 +231,8 @@ def container_spec(inputs: SpecInputs) -> dict[str, Any]:
     }
     linux.update(user_namespace_section(context, inputs.sandbox_config, inputs.namespaces))
     sysctls = pod_sysctls(inputs.sandbox_config)
+    if inputs.namespaces.user:  # only the node's root may write it (runc would fail); the pod's UTS has it already
+        sysctls.pop("kernel.domainname", None)
     if sysctls:
         linux["sysctl"] = sysctls
     if propagation:

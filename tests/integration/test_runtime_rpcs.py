@@ -70,7 +70,8 @@ def test_runtime_not_ready_when_the_default_handler_is_broken(tmp_path: Path, pb
 def test_status_verbose_info_is_json(daemon: Daemon, runtime_stub, pb: ModuleType) -> None:
     info = runtime_stub.Status(pb.StatusRequest(verbose=True)).info
     config = json.loads(info["config"])
-    assert config["root"] == str(daemon.root)
+    assert config["root"] == config["rootDir"] == str(daemon.root)
+    assert config["stateDir"] == config["state"] and Path(config["stateDir"]).is_dir()
     handlers = json.loads(info["handlerStatus"])
     assert handlers["runc"] == {"shim": "runc", "ready": True, "problem": None,
                                 "features": handlers["runc"]["features"]}

@@ -60,10 +60,10 @@ def namespace_options(pb: Any, userns: Any, *, pid: str = "POD", network: str = 
     return pb.NamespaceOption(network=getattr(pb, network), pid=getattr(pb, pid), ipc=pb.POD, userns_options=userns)
 
 
-def run_pod(pods: Pods, options: Any) -> str:
+def run_pod(pods: Pods, options: Any, sysctls: dict[str, str] | None = None) -> str:
     pb = pods.pb
     name = f"userns-{next(COUNTER)}"
-    linux = pb.LinuxPodSandboxConfig()
+    linux = pb.LinuxPodSandboxConfig(sysctls=sysctls or {})
     linux.security_context.namespace_options.CopyFrom(options)
     config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name=name, namespace="crirt-test", uid=name),
                                  hostname=name, log_directory=str(pods.logs / name), linux=linux)
@@ -136,6 +136,16 @@ def test_pod_without_infra_container_and_two_pods_apart(pods: Pods) -> None:
     assert all(s[3].startswith("userns-") for s in seen)  # the hostname was set inside the pod's namespaces
 
 
+def test_uts_and_ipc_sysctls_are_set_in_the_pods_namespaces(pods: Pods) -> None:
+    pb = pods.pb
+    options = namespace_options(pb, userns_options(pb, host_id()), pid="CONTAINER")
+    pod = run_pod(pods, options, {"kernel.domainname": "crirt.test", "kernel.shmmni": "2048"})
+    container = pods.run(pod, "c", "cat /proc/sys/kernel/domainname /proc/sys/kernel/shmmni",
+                         context=pb.LinuxContainerSecurityContext(namespace_options=options))
+    pods.exited(container)
+    assert pods.stdout(container).split() == ["crirt.test", "2048"]
+
+
 @pytest.mark.parametrize(("change", "field"), [
     (lambda pb, h: namespace_options(pb, userns_options(pb, h, mode="CONTAINER")), "userns_options.mode"),
     (lambda pb, h: namespace_options(pb, userns_options(pb, h, mode="TARGET")), "userns_options.mode"),
@@ -194,12 +204,46 @@ def test_a_crash_keeps_the_pod_and_recovery_drops_a_half_made_idmapped_rootfs(en
     pod_dir = env.daemon.root.parent / "state" / "pods" / pod
     idmapped_bind(env.daemon.root / "images" / "snapshots", orphan / "lower", pod_dir / "user")
     assert mounts_under(orphan) == [str(orphan / "lower")]
+    # ... and an id-mapped volume of a container whose record was never written
+    binds = env.daemon.root.parent / "state" / "idmapped" / ("1" * 64)
+    binds.mkdir(parents=True)
+    (binds / "0").mkdir()
+    idmapped_bind(env.daemon.root / "images" / "snapshots", binds / "0", pod_dir / "user")
 
     kill_daemon(env)
     restart(env)
     assert not orphan.exists() and not mounts_under(orphan)
+    assert not binds.exists() and not mounts_under(binds) and (pod_dir / "user").exists()
     assert pods.status(before).state == pb.CONTAINER_RUNNING
     after = pods.run(pod, "after", "cat /proc/self/uid_map", context=context)  # the pins survived the crash
     pods.exited(after)
     assert pods.stdout(after).split() == ["0", str(host), str(RANGE)]
     assert pods.sh(before, "cat /proc/self/uid_map").stdout.decode().split() == ["0", str(host), str(RANGE)]
+
+
+def test_volumes_and_pod_files_are_idmapped(env: ContainerEnv, pods: Pods) -> None:
+    pb, host = pods.pb, host_id()
+    volume = searchable_tmpdir("crirt-userns-volume-")
+    try:
+        (volume / "of-root").write_text("node data\n")
+        options = namespace_options(pb, userns_options(pb, host))
+        pod = run_pod(pods, options)
+        mount = pb.Mount(container_path="/vol", host_path=str(volume))
+        script = ("stat -c %u:%g /vol /vol/of-root /etc/hosts /etc/hostname /etc/resolv.conf /dev/shm; "
+                  "echo mine > /vol/written && echo shm > /dev/shm/x && echo wrote; " + IDLE)
+        container = pods.run(pod, "c", script, mounts=[mount],
+                             context=pb.LinuxContainerSecurityContext(namespace_options=options))
+        out = wait_until(lambda: (text := pods.stdout(container)).count("\n") >= 7 and text)
+        assert out.splitlines()[:7] == ["0:0"] * 6 + ["wrote"]  # node-root files are root inside, not nobody
+        # As Kubernetes intends for volumes: the idmap undoes the pod's offset, so root inside writes root's files
+        # on the node, and pods with other ranges see the same owners (the rootfs' upper dir keeps the offset).
+        assert os.stat(volume / "written").st_uid == 0
+        binds = env.daemon.root.parent / "state" / "idmapped" / container
+        assert len(mounts_under(binds)) == 5  # the volume, hosts, hostname, resolv.conf and /dev/shm
+
+        pods.containers.remove(container)
+        pods.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container), timeout=30)
+        assert not mounts_under(binds) and not binds.exists()
+        assert (volume / "of-root").read_text() == "node data\n"  # removal unmounts; it never deletes through
+    finally:
+        shutil.rmtree(volume, ignore_errors=True)

@@ -210,6 +210,9 @@ def test_a_pod_user_namespace_is_joined_with_its_mappings() -> None:
         assert s["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 200000, "size": 65536}]
     with pytest.raises(FailedPrecondition, match="not pinned"):
         spec({}, pod)
+    named = {"linux": {**pod["linux"], "sysctls": {"kernel.domainname": "example", "kernel.shmmni": "2048"}}}
+    sysctls = spec({}, named, namespaces=pinned)["linux"]["sysctl"]
+    assert "kernel.domainname" not in sysctls and sysctls["kernel.shmmni"] == "2048"  # set in the pod's UTS
     plain = spec({"linux": {"security_context": {"namespace_options": {"userns_options": {"mode": "NODE"}}}}})
     assert "uidMappings" not in plain["linux"] and all(n["type"] != "user" for n in plain["linux"]["namespaces"])
 
