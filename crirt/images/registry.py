@@ -331,20 +331,25 @@ class Repository:
     async def stream_blob(self, descriptor: Descriptor, sink: Callable[[bytes], Awaitable[None]],
                           progress: Callable[[int], None]) -> None:
         """Send a blob's bytes to ``sink`` in order, resuming with a Range request after a dropped
-        connection (up to ``max_retries`` times). Never sends more than the descriptor's size."""
+        connection (up to ``max_retries`` times), and on the next endpoint (a mirror's origin) at the byte the
+        failed one stopped at. Never sends more than the descriptor's size."""
         received = 0
         failures = 0
         settings = self.client.settings
         what = f"blob {descriptor.digest}"
 
+        async def counted(chunk: bytes) -> None:
+            nonlocal received
+            await sink(chunk)
+            received += len(chunk)
+
         async def attempt(endpoint: Endpoint) -> None:
-            nonlocal received, failures
+            nonlocal failures
             while True:
                 try:
-                    await self._receive(endpoint, descriptor, received, sink, progress, what)
+                    await self._receive(endpoint, descriptor, received, counted, progress, what)
                     return
                 except _Resumed as partial:
-                    received = partial.received
                     cause = partial.cause
                 failures += 1
                 if failures > settings.max_retries:
@@ -386,15 +391,14 @@ class Repository:
             raise Unavailable(f"{what}: {endpoint} sent nothing for {self.client.settings.stall_timeout:.0f}s "
                               "(images.stall_timeout); giving up") from None
         except _DROPPED as exc:
-            raise _Resumed(received, f"{type(exc).__name__}: {exc}") from None
+            raise _Resumed(f"{type(exc).__name__}: {exc}") from None
         if received < descriptor.size:
-            raise _Resumed(received, "the connection closed early")
+            raise _Resumed("the connection closed early")
 
 
 class _Resumed(Exception):
-    """A transfer stopped early at ``received`` bytes; the caller may resume from there."""
+    """A transfer stopped early; the caller may resume from the bytes its sink got."""
 
-    def __init__(self, received: int, cause: str) -> None:
+    def __init__(self, cause: str) -> None:
         super().__init__(cause)
-        self.received = received
         self.cause = cause

@@ -105,13 +105,6 @@ def test_a_registry_that_stalls_mid_layer_fails_the_pull_cleanly(tmp_path: Path,
         assert ingest(images.daemon) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a mirror that stalls mid-blob poisons the fallback: in Repository.stream_blob (crirt/images/"
-    "registry.py, attempt/_receive) a stall raises Unavailable, not _Resumed, so the half layer _receive already "
-    "passed to the sink is not counted ('received' stays 0); _each_endpoint then runs the attempt on the origin, "
-    "which GETs the blob from byte 0 into the same sink, and the verifier gets half a blob plus a whole one: "
-    "FAILED_PRECONDITION 'the blob is larger than the N bytes its descriptor says'. The fallback should resume "
-    "at the bytes received (a Range request) or start a fresh sink"))
 def test_a_mirror_that_stalls_mid_layer_gives_way_to_the_registry(tmp_path: Path, stalling: Stalling,
                                                                    pb: ModuleType) -> None:
     with client(start(tmp_path, stalling, mirrored=True), pb) as (images, _):
