@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from crirt import logs
 from crirt.bus import Bus
 from crirt.cdi.registry import CdiRegistry, requested_devices
 from crirt.commands.containers import (
@@ -320,6 +321,7 @@ class ContainerService:
             raise AlreadyExists(f"container name {key!r} (sandbox/name/attempt) is reserved for container "
                                 f"{existing}; remove it first or use another attempt")
         container_id = secrets.token_hex(32)
+        logs.bind(pod=sandbox.id, container=container_id)
         self._names[key] = container_id
         made: list[str] = []
         try:
