@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from crirt import __version__
+from crirt import __version__, logs
 from crirt.config import Config, ConfigError, RuntimeHandlerConfig, load_config
 from crirt.ctl import app as ctl_app
 from crirt.shim.defaults import DefaultHandlers, find_default_handlers
@@ -38,6 +37,12 @@ def main(
     """crirt: a Kubernetes CRI container runtime."""
 
 
+def _runtimes_of(defaults: DefaultHandlers) -> dict[str, RuntimeHandlerConfig]:
+    """The ``[runtimes]`` table of the default handlers found."""
+    return {name: RuntimeHandlerConfig(shim=spec.plugin, options=dict(spec.options))
+            for name, spec in defaults.enabled.items()}
+
+
 def _load(config: Path | None, **overrides: object) -> tuple[Config, DefaultHandlers | None]:
     """The effective configuration, and the default handlers looked for when it has no ``[runtimes]`` table
     (``None`` otherwise), whose left-out lines the caller reports."""
@@ -45,8 +50,7 @@ def _load(config: Path | None, **overrides: object) -> tuple[Config, DefaultHand
 
     def default_runtimes() -> dict[str, RuntimeHandlerConfig]:
         looked.append(find_default_handlers())
-        return {name: RuntimeHandlerConfig(shim=spec.plugin, options=dict(spec.options))
-                for name, spec in looked[0].enabled.items()}
+        return _runtimes_of(looked[0])
 
     try:
         return load_config(config, overrides, default_runtimes), (looked[0] if looked else None)
@@ -69,18 +73,16 @@ def serve(
     """Serve the CRI on a unix socket until SIGTERM or SIGINT."""
     from crirt.server import StartupError, run
 
-    cfg, defaults = _load(config, address=address, root=root, state=state, log_level=log_level)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("hpack", "h2"):  # their debug output is per-frame noise
-        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+    overrides = {"address": address, "root": root, "state": state, "log_level": log_level}
+    cfg, defaults = _load(config, **overrides)
+    logs.configure(cfg.log_level, cfg.log_format)
     if defaults is not None:
         log.info("no [runtimes] in the configuration; serving the default runtime handlers %s",
                  ", ".join(map(repr, cfg.runtimes)))
         for line in defaults.left_out:
             log.warning("%s", line)
     try:
-        run(cfg)
+        run(cfg, reread=lambda: load_config(config, overrides, lambda: _runtimes_of(find_default_handlers())))
     except StartupError as exc:
         typer.echo(f"crirt: {exc}", err=True)
         raise typer.Exit(1) from None

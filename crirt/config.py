@@ -131,6 +131,7 @@ class Config(BaseSettings):
     root: Path = Path("/var/lib/crirt")
     state: Path = Path("/run/crirt")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line (crirt.logs)")
     cgroup_driver: Literal["cgroupfs", "systemd"] = "cgroupfs"
     shutdown_grace_period: float = Field(10.0, ge=0, description="seconds in-flight calls get on SIGTERM")
     event_queue_size: int = Field(1000, ge=1, description="events a slow subscriber may lag before dropped")

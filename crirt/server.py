@@ -30,6 +30,7 @@ from crirt.containers.queries import ContainerQueries
 from crirt.containers.service import ContainerService
 from crirt.containers.stats import StatsService
 from crirt.images.service import ImageService
+from crirt.reload import Reloader
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
 from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
@@ -131,10 +132,12 @@ def _services(app: App, serving: ServiceStatus) -> list[object]:
     return ServerReflection.extend([*cri, health], pool=pool)
 
 
-async def serve(config: Config, setup: Callable[[App], None] | None = None) -> None:
+async def serve(config: Config, setup: Callable[[App], None] | None = None,
+                reread: Callable[[], Config] | None = None) -> None:
     """Run crirt until SIGTERM or SIGINT, then drain in-flight calls for the grace period and stop.
 
-    ``setup`` may adjust the app before it serves (used by tests to add handlers)."""
+    ``setup`` may adjust the app before it serves (used by tests to add handlers); ``reread`` reads the
+    configuration again, on each SIGHUP (``crirt.reload``)."""
     config.root.mkdir(parents=True, exist_ok=True)
     config.state.mkdir(parents=True, exist_ok=True)
     socket_path = config.socket_path
@@ -167,6 +170,9 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(app, reread) if reread is not None else None
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
     log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
              config.state)
     try:
@@ -177,8 +183,10 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         if not await app.frontend.drain(config.shutdown_grace_period):
             log.warning("grace period over; cancelling %d call(s) still in flight", app.frontend.in_flight)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if reloader is not None:
+            await reloader.close()
         server.close()
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
@@ -194,11 +202,12 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None) -> N
         log.info("crirt stopped")
 
 
-def run(config: Config, setup: Callable[[App], None] | None = None) -> None:
+def run(config: Config, setup: Callable[[App], None] | None = None,
+        reread: Callable[[], Config] | None = None) -> None:
     """Serve on uvloop when it is installed, else on the default asyncio loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config, setup))
+        asyncio.run(serve(config, setup, reread))
     else:
-        uvloop.run(serve(config, setup))
+        uvloop.run(serve(config, setup, reread))

@@ -21,7 +21,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from pydantic import ValidationError
 
-from crirt import __version__, errors
+from crirt import __version__, errors, logs
 from crirt.api.codec import Encoded
 from crirt.api.convert import describe_validation_error, to_command
 from crirt.api.protoenc import encode
@@ -102,12 +102,14 @@ class Frontend:
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             if self.draining:
                 raise GRPCError(Status.UNAVAILABLE, f"{rpc.name}: crirt is shutting down")
+            logs.start_request(rpc.name)  # grpclib runs each call in a task of its own: the context is the call's
             tracked = not rpc.streaming  # long-lived streams are ended at shutdown, not waited for
             if tracked:
                 self._in_flight += 1
                 self._idle.clear()
             try:
                 command = await self._read_command(stream, rpc, command_type)
+                logs.bind(**logs.ids_of(command))
                 if not self.bus.handles(command_type):
                     raise GRPCError(Status.UNIMPLEMENTED, f"{rpc.name} is not implemented by crirt {__version__}")
                 if rpc.streaming:

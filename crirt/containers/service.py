@@ -27,6 +27,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+from crirt import logs
 from crirt.bus import Bus
 from crirt.cdi.registry import CdiRegistry, requested_devices
 from crirt.commands.containers import (
@@ -332,6 +333,7 @@ class ContainerService:
             raise AlreadyExists(f"container name {key!r} (sandbox/name/attempt) is reserved for container "
                                 f"{existing}; remove it first or use another attempt")
         container_id = secrets.token_hex(32)
+        logs.bind(pod=sandbox.id, container=container_id)
         self._names[key] = container_id
         made: list[str] = []
         try:

@@ -38,6 +38,7 @@ from crirt.commands.images import (
 from crirt.config import Config
 from crirt.filters import batches
 from crirt.images.auth import Credentials
+from crirt.images.config import ImagesConfig, RegistryConfig
 from crirt.images.content import ContentStore
 from crirt.images.pull import Leases, PulledImage, Puller
 from crirt.images.records import ImageRecord, ImageRecords, LayerRecord, SnapshotRecord, to_cri
@@ -89,6 +90,13 @@ class ImageService:
         self.content.recover()
         self.snapshots.recover()
         _purge(self._collect())
+
+    def reconfigure(self, settings: ImagesConfig, registries: dict[str, RegistryConfig]) -> None:
+        """Use new ``[images]`` and ``[registries]`` settings from now on (a reload); a pull that has already
+        chosen its registry endpoints finishes on them."""
+        self.puller.settings = self.puller.client.settings = settings
+        self.puller.client.registries = Registries(registries)
+        self._pinned = set(settings.pinned_images)
 
     def register(self, bus: Bus) -> None:
         bus.register(PullImageCommand, self.pull)

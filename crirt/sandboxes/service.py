@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from crirt import logs
 from crirt.bus import Bus
 from crirt.commands.internal import KillPodContainersCommand, RemovePodContainersCommand
 from crirt.commands.sandboxes import (
@@ -146,13 +147,18 @@ class SandboxService:
     async def start(self) -> None:
         """Prepare the pods dir, write the default network if wanted, and finish what a crash left."""
         netns.ensure_shared_dir(self.pods_dir)
+        self.ensure_default_network()
+        await self.recover()
+
+    def ensure_default_network(self) -> None:
+        """Write the default network into ``[cni] conf_dir`` if it is wanted and the directory holds none
+        (at start, and after a reload changed ``[cni]``)."""
         cni = self.config.cni
         if cni.default_network:
             written = write_default_network(cni.conf_dir, cni.default_network_name, cni.default_bridge,
                                             cni.default_subnets)
             if written:
                 log.info("no CNI network config in %s: wrote the default network %s", cni.conf_dir, written)
-        await self.recover()
 
     async def close(self) -> None:
         """Let detached cleanups finish (bounded), stop the janitor; unpin the pods dir if no pod uses it."""
@@ -280,6 +286,7 @@ class SandboxService:
                                 f"{existing}; remove it first or use another attempt")
 
         sandbox_id = secrets.token_hex(32)
+        logs.bind(pod=sandbox_id)
         record = SandboxRecord(
             id=sandbox_id, config=config, runtime_handler=command.runtime_handler, created_at=time.time_ns(),
             phase=Phase.CREATING, namespace_options=options, pinned=list(plan.pinned),
