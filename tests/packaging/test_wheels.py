@@ -37,6 +37,8 @@ from support.pods import (
     run_pod,
 )
 
+from crirt.shim import API_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIMS = {"crirt-runc-shim": "runc-shim", "crirt-gvisor-shim": "gvisor-shim", "crirt-kata-shim": "kata-shim"}
 PIP = ["-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -111,7 +113,9 @@ def venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_shim_wheels_require_the_crirt_that_serves_their_contract(wheels: dict[str, Path]) -> None:
+    """docs/plugins.md: crirt 0.N.x serves shim contract N.x, and each shim asks for one such series."""
     crirt_version = Version(metadata(wheels["crirt"])["Version"][0])
+    assert (crirt_version.major, crirt_version.minor) == (0, int(API_VERSION.split(".")[0])), crirt_version
     for dist in SHIMS:
         requirements = [Requirement(r) for r in metadata(wheels[dist])["Requires-Dist"]]
         (crirt,) = [r for r in requirements if r.name == "crirt"]
