@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SHIM_PROJECTS := $(wildcard shims/*/pyproject.toml)
 # Debian packages crirt runs with, and those only its tests and benchmarks use; only missing ones are installed.
 RUNTIME_PACKAGES ?= runc runsc conmon containernetworking-plugins iproute2 iptables catatonit util-linux
-TEST_PACKAGES ?= busybox-static docker-registry skopeo umoci containerd
+TEST_PACKAGES ?= busybox-static docker-registry skopeo umoci containerd systemd
 NODE_CLIENTS := tests/support/node
 CONFIG ?=
 PYTEST_ARGS ?=

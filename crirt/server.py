@@ -33,6 +33,7 @@ from crirt.images.service import ImageService
 from crirt.reload import Reloader
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
+from crirt.sdnotify import Notifier
 from crirt.shim.registry import HandlerSpec, PluginConflict, ShimRegistry
 from crirt.stalls import StallWatch
 from crirt.status import RuntimeInfo
@@ -138,6 +139,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
 
     ``setup`` may adjust the app before it serves (used by tests to add handlers); ``reread`` reads the
     configuration again, on each SIGHUP (``crirt.reload``)."""
+    notifier = Notifier.from_environment()  # before any child process could inherit $NOTIFY_SOCKET
     config.root.mkdir(parents=True, exist_ok=True)
     config.state.mkdir(parents=True, exist_ok=True)
     socket_path = config.socket_path
@@ -175,8 +177,10 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
              config.state)
+    await notifier.send("READY=1", f"STATUS=serving CRI on unix://{socket_path}")
     try:
         await stop.wait()
+        await notifier.send("STOPPING=1")
         serving.set(False)
         log.info("shutting down: draining %d in-flight call(s) for up to %.1fs", app.frontend.in_flight,
                  config.shutdown_grace_period)
