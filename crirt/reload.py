@@ -6,7 +6,7 @@ handlers and the default one) or the reasons the whole reload is refused. It is 
 configuration kept, when a key that needs a restart changed (``address``, ``root``, ``state``, ``grpc``,
 ``streaming``..., each named), or when a runtime handler that pods use would be removed or changed: their
 containers are driven through the handler's shim, which a reload never swaps under them. ``Reloader`` runs
-reloads one at a time and applies a plan to the running ``App``.
+reloads one at a time and applies a plan to the running services.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from crirt import logs
 from crirt.config import Config, ConfigError
+from crirt.images.service import ImageService
+from crirt.sandboxes.service import SandboxService
 from crirt.shim.registry import Handler, HandlerSpec, PluginConflict, ShimRegistry
-
-if TYPE_CHECKING:
-    from crirt.server import App
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +103,16 @@ def _shown(config: BaseModel, dotted: str) -> str:
 
 
 class Reloader:
-    """Reads the configuration again on each request (SIGHUP) and applies it to a running ``App``; a request
-    during a reload runs one more reload after it (an editor may save a file twice)."""
+    """Reads the configuration again on each request (SIGHUP) and applies it to the running ``config`` and the
+    services that keep parts of it; a request during a reload runs one more reload after it (an editor may save
+    a file twice)."""
 
-    def __init__(self, app: App, reread: Callable[[], Config]) -> None:
-        self.app = app
+    def __init__(self, config: Config, sandboxes: SandboxService, images: ImageService, registry: ShimRegistry,
+                 reread: Callable[[], Config]) -> None:
+        self.config = config
+        self.sandboxes = sandboxes
+        self.images = images
+        self.registry = registry
         self.reread = reread
         self._task: asyncio.Task[None] | None = None
         self._again = False
@@ -138,7 +141,7 @@ class Reloader:
                 log.exception("configuration reload failed")
 
     def _in_use(self) -> Counter[str]:
-        return Counter(record.runtime_handler for record in self.app.sandboxes.records)
+        return Counter(record.runtime_handler for record in self.sandboxes.records)
 
     async def reload(self) -> Plan | None:
         """Read the configuration and apply it, or refuse it whole; the plan, or None for an invalid file."""
@@ -150,14 +153,14 @@ class Reloader:
                 log.error("config error: %s", line)
             log.error("configuration reload refused: the configuration is invalid; keeping the running one")
             return None
-        plan = diff(self.app.config, new, self._in_use())
+        plan = diff(self.config, new, self._in_use())
         if plan.refused or plan.empty:
             return self._report(plan)
         try:
             fresh = await self._load_handlers(new, plan)
         except PluginConflict as exc:
             return self._report(Plan(refused=(str(exc),)))
-        plan = diff(self.app.config, new, self._in_use())  # again, at once: pods may have started meanwhile
+        plan = diff(self.config, new, self._in_use())  # again, at once: pods may have started meanwhile
         if plan.refused:
             await fresh.close()
             return self._report(plan)
@@ -165,14 +168,14 @@ class Reloader:
         self._report(plan)
         await retired.close()
         if "cni" in plan.changed:
-            await asyncio.to_thread(self.app.sandboxes.ensure_default_network)
+            await asyncio.to_thread(self.sandboxes.ensure_default_network)
         return plan
 
     async def _load_handlers(self, new: Config, plan: Plan) -> ShimRegistry:
         """The handlers the plan adds or replaces, their shims loaded and asked for their features."""
         specs = [HandlerSpec(name, new.runtimes[name].shim, new.runtimes[name].options)
                  for name in (*plan.added, *plan.replaced)]
-        config = self.app.config
+        config = self.config
         registry = await asyncio.to_thread(ShimRegistry.load, specs, new.default_runtime, config.root, config.state)
         await registry.probe_features()
         return registry
@@ -180,20 +183,20 @@ class Reloader:
     def _apply(self, new: Config, plan: Plan, fresh: dict[str, Handler]) -> ShimRegistry:
         """Switch the app to ``new`` (without awaiting: no call sees half of it); returns the handlers retired,
         as a registry of their own for closing."""
-        config = self.app.config
+        config = self.config
         for key in plan.changed:
             setattr(config, key, getattr(new, key))
         if {"log_level", "log_format"} & set(plan.changed):
             logs.configure(config.log_level, config.log_format)
         if {"images", "registries"} & set(plan.changed):
-            self.app.images.reconfigure(config.images, config.registries)
+            self.images.reconfigure(config.images, config.registries)
         if "cni" in plan.changed:
-            cni = self.app.sandboxes.cni
+            cni = self.sandboxes.cni
             cni.bin_dirs, cni.timeout = list(config.cni.bin_dirs), config.cni.plugin_timeout
-        handlers = self.app.registry.handlers
+        handlers = self.registry.handlers
         retired = {name: handlers.pop(name) for name in (*plan.removed, *plan.replaced)}
         handlers.update(fresh)
-        self.app.registry.default = config.default_runtime
+        self.registry.default = config.default_runtime
         return ShimRegistry(config.default_runtime, retired)
 
     @staticmethod

@@ -172,8 +172,9 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloader = Reloader(app, reread) if reread is not None else None
-    if reloader is not None:
+    reloader = None
+    if reread is not None:
+        reloader = Reloader(app.config, app.sandboxes, app.images, app.registry, reread)
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
     log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
              config.state)
