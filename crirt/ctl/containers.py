@@ -50,8 +50,8 @@ def _state_name(state: ContainerState) -> str:
 def create(
     ctx: typer.Context,
     pod_id: Annotated[str, typer.Argument(help="the pod sandbox to create the container in")],
-    container_config: Annotated[Path, typer.Argument(help="container config (JSON, crictl's format)")],
-    pod_config: Annotated[Path, typer.Argument(help="the pod's sandbox config (JSON, crictl's format)")],
+    container_config: Annotated[Path, typer.Argument(help="container config (JSON or YAML, crictl's format)")],
+    pod_config: Annotated[Path, typer.Argument(help="the pod's sandbox config (JSON or YAML, crictl's format)")],
     no_pull: Annotated[bool, typer.Option("--no-pull", help="accepted for crictl compatibility: crirt ctl "
                                                             "never pulls; pull the image first")] = False,
 ) -> None:
