@@ -119,7 +119,9 @@ class SpdyClient:
                         if header.flags & FLAG_FIN:
                             yield Frame(stream_id, b"", True)
                     case FrameType.RST_STREAM:
-                        yield Frame(parse_rst_stream(payload)[0], b"", True)
+                        stream_id = parse_rst_stream(payload)[0]
+                        self._unacked.pop(stream_id, None)
+                        yield Frame(stream_id, b"", True)
                     case FrameType.SYN_STREAM:  # a server-opened stream: nothing here would read it
                         syn = parse_syn_stream(payload)
                         self._headers(syn.block)
