@@ -34,7 +34,7 @@ from crirt._gen.runtime.v1 import (
 from crirt.api.convert import to_message
 from crirt.ctl.app import ago, allow_slow_calls, app, call_runtime, fail, parse_labels, print_listing
 from crirt.ctl.sandboxes import ConfigFileError, load_config, load_sandbox_config
-from crirt.ctl.streaming import TransportOption, check_transport, exec_stream
+from crirt.ctl.streaming import TransportOption, exec_stream, transport_for
 from crirt.model import container as model
 
 STATES = {"created": ContainerState.CONTAINER_CREATED, "running": ContainerState.CONTAINER_RUNNING,
@@ -50,8 +50,8 @@ def _state_name(state: ContainerState) -> str:
 def create(
     ctx: typer.Context,
     pod_id: Annotated[str, typer.Argument(help="the pod sandbox to create the container in")],
-    container_config: Annotated[Path, typer.Argument(help="container config (JSON, crictl's format)")],
-    pod_config: Annotated[Path, typer.Argument(help="the pod's sandbox config (JSON, crictl's format)")],
+    container_config: Annotated[Path, typer.Argument(help="container config (JSON or YAML, crictl's format)")],
+    pod_config: Annotated[Path, typer.Argument(help="the pod's sandbox config (JSON or YAML, crictl's format)")],
     no_pull: Annotated[bool, typer.Option("--no-pull", help="accepted for crictl compatibility: crirt ctl "
                                                             "never pulls; pull the image first")] = False,
 ) -> None:
@@ -193,12 +193,11 @@ def exec_(
     timeout: Annotated[int, typer.Option("--timeout", help="seconds the command may run (0: no limit)")] = 0,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="pass stdin to the command")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="run the command in a terminal")] = False,
-    transport: TransportOption = "websocket",
+    transport: TransportOption = "spdy",
 ) -> None:
     """Run a command in a container (streamed; -s: ExecSync). Exits with its exit code."""
     if not sync:
-        check_transport(transport)
-        raise typer.Exit(exec_stream(ctx, container_id, cmd, stdin=interactive, tty=tty))
+        raise typer.Exit(exec_stream(ctx, transport_for(transport), container_id, cmd, stdin=interactive, tty=tty))
     if interactive or tty:
         raise fail("-i and -t need a streamed exec: drop -s (--sync)")
     wanted = max(ctx.obj.timeout, 60.0, timeout + 10.0)

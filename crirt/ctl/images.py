@@ -56,7 +56,7 @@ def pull(
     auth: Annotated[str, typer.Option("--auth", help="base64 of USERNAME:PASSWORD")] = "",
     username: Annotated[str, typer.Option("--username", "-u", help="registry username")] = "",
     password: Annotated[str, typer.Option("--password", help="registry password")] = "",
-    pod_config: Annotated[str, typer.Option("--pod-config", help="pod sandbox config (JSON) to pull for")] = "",
+    pod_config: Annotated[str, typer.Option("--pod-config", help="pod sandbox config (JSON or YAML) to pull for")] = "",
     annotation: Annotated[list[str] | None, typer.Option("--annotation", "-a", help="key=value, repeatable")] = None,
     pull_timeout: Annotated[float, typer.Option("--pull-timeout", help="seconds; 0 means no deadline")] = 0,
 ) -> None:

@@ -1,6 +1,7 @@
 """``crirt ctl runp``, ``pods``, ``inspectp``, ``stopp`` and ``rmp``: crictl's pod verbs, flags and files.
 
-Sandbox config files are crictl's: JSON with the CRI field names, in crictl's snake_case
+Sandbox and container config files are crictl's: JSON or YAML (by the name's ``.json``, ``.yaml`` or ``.yml``;
+otherwise JSON if the text starts with ``{``) with the CRI field names, in crictl's snake_case
 (``log_directory``, ``port_mappings``) or protobuf JSON's camelCase (``logDirectory``), keys matched
 case-insensitively as Go's decoder does, enums as numbers (``"network": 2``) or names (``"NODE"``).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from crirt._gen.runtime.v1 import (
@@ -94,16 +96,36 @@ def load_sandbox_config(path: Path) -> model.PodSandboxConfig:
     return load_config(path, model.PodSandboxConfig)
 
 
-def load_config(path: Path, model_type: type[M]) -> M:
-    """Read and validate a crictl config file (sandbox or container) as ``model_type``."""
+def read_document(path: Path) -> Any:
+    """A config file's data: YAML or JSON by the file's suffix, else by its first character; errors name the line."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ConfigFileError(f"{path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigFileError(f"{path}: not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path}: not UTF-8 text") from None
+    suffix = path.suffix.lower()
+    if suffix == ".json" or (suffix not in (".yaml", ".yml") and text.lstrip().startswith("{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigFileError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigFileError(f"{path}{line}: not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_config(path: Path, model_type: type[M]) -> M:
+    """Read and validate a crictl config file (sandbox or container) as ``model_type``."""
+    data = read_document(path)
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: must be a JSON object")
+        raise ConfigFileError(f"{path}: must be an object of CRI fields (a JSON object or YAML mapping), "
+                              f"not {type(data).__name__}")
     try:
         return model_type.model_validate(normalize(data, model_type))
     except ConfigFileError as exc:
@@ -112,11 +134,10 @@ def load_config(path: Path, model_type: type[M]) -> M:
         raise ConfigFileError(f"{path}: {describe_validation_error(exc)}") from None
 
 
-
 @app.command()
 def runp(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="pod sandbox config (JSON, crictl's format)")],
+    config: Annotated[Path, typer.Argument(help="pod sandbox config (JSON or YAML, crictl's format)")],
     runtime: Annotated[str, typer.Option("--runtime", "-r", help="runtime handler (RuntimeClass)")] = "",
     cancel_timeout: Annotated[float | None, typer.Option("--cancel-timeout", "-T",
                                                          help="seconds before the request is abandoned")] = None,

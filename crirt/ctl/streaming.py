@@ -1,9 +1,7 @@
-"""``crirt ctl attach`` and ``port-forward``, and the streaming half of ``exec -i/-t``: a WebSocket client of a
-CRI streaming server (``v5.channel.k8s.io``, falling back to v4; what ``crictl --transport websocket`` speaks).
+"""``crirt ctl attach`` and ``port-forward``, and the streaming half of ``exec`` without ``-s``: local stdio, terminal
+and sockets carried over a CRI streaming session, on SPDY (the default, as with crictl) or WebSocket (``--transport``).
 
-Channel bytes: 0 stdin, 1 stdout, 2 stderr, 3 the final status (JSON), 4 terminal size; v5's channel 255 closes
-a channel (stdin EOF). Port-forward uses the kubelet's WebSocket variant: one connection per URL, the port in
-the ``port`` query parameter, channel 0 data and 1 errors, each starting with the port in two bytes.
+The protocols are in crirt.ctl.transport_spdy and crirt.ctl.transport_ws behind crirt.ctl.transport's interface.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import tty as ttymode
 from collections.abc import Iterator
 from typing import Annotated
 
-import aiohttp
 import typer
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
@@ -28,12 +25,13 @@ from grpclib.exceptions import GRPCError
 from crirt._gen.runtime.v1 import AttachRequest, ExecRequest, PortForwardRequest, RuntimeServiceStub
 from crirt.ctl.app import app, call_runtime, fail
 from crirt.ctl.settings import ClientSettings, socket_path
+from crirt.ctl.transport import DATA, ERROR, READ_SIZE, STDOUT, Session, Transport, TransportError
+from crirt.ctl.transport_spdy import SpdyTransport
+from crirt.ctl.transport_ws import WebSocketTransport
 
-PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-READ_SIZE = 64 * 1024
+TRANSPORTS: dict[str, type[Transport]] = {t.name: t for t in (SpdyTransport, WebSocketTransport)}
 
-TransportOption = Annotated[str, typer.Option("--transport", help="websocket (crirt ctl speaks no SPDY)")]
+TransportOption = Annotated[str, typer.Option("--transport", help="spdy or websocket")]
 
 
 def exit_status(status: bytes) -> tuple[int, str]:
@@ -85,17 +83,17 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes]) ->
             return
 
 
-async def _send_stdin(ws: aiohttp.ClientWebSocketResponse) -> None:
+async def _send_stdin(session: Session) -> None:
+    """Copy this process's stdin to the session, then say it ended."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     threading.Thread(target=_read_stdin, args=(loop, queue), daemon=True).start()
     while data := await queue.get():
-        await ws.send_bytes(bytes([STDIN]) + data)
-    if ws.protocol == PROTOCOLS[0]:
-        await ws.send_bytes(bytes([CLOSE, STDIN]))
+        await session.send_stdin(data)
+    await session.close_stdin()
 
 
-async def _send_sizes(ws: aiohttp.ClientWebSocketResponse) -> None:
+async def _send_sizes(session: Session) -> None:
     """Send the terminal's size now and whenever it changes (SIGWINCH)."""
     changed = asyncio.Event()
     changed.set()
@@ -106,29 +104,27 @@ async def _send_sizes(ws: aiohttp.ClientWebSocketResponse) -> None:
             await changed.wait()
             changed.clear()
             size = os.get_terminal_size(sys.stdout.fileno())  # the terminal itself, not $COLUMNS/$LINES
-            await ws.send_bytes(bytes([RESIZE]) + json.dumps({"Width": size.columns, "Height": size.lines}).encode())
+            await session.resize(size.columns, size.lines)
     finally:
         loop.remove_signal_handler(signal.SIGWINCH)
 
 
-async def stream_session(url: str, *, stdin: bool, tty: bool) -> int:
+async def stream_session(transport: Transport, url: str, *, stdin: bool, tty: bool) -> int:
     """Drive an exec/attach session at ``url`` with this process's stdio; the remote exit code."""
     status = b""
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=PROTOCOLS, max_msg_size=0) as ws:
-        helpers = [asyncio.ensure_future(_send_stdin(ws))] if stdin else []
+    async with transport.session(url, stdin=stdin, tty=tty) as session:
+        helpers = [asyncio.ensure_future(_send_stdin(session))] if stdin else []
         if tty and sys.stdout.isatty():
-            helpers.append(asyncio.ensure_future(_send_sizes(ws)))
+            helpers.append(asyncio.ensure_future(_send_sizes(session)))
         try:
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.BINARY or not message.data:
-                    continue
-                channel, data = message.data[0], message.data[1:]
-                if channel in (STDOUT, STDERR):
+            async with contextlib.aclosing(session.output()) as output:
+                async for channel, data in output:
+                    if channel == ERROR:
+                        status += data
+                        continue
                     out = sys.stdout.buffer if channel == STDOUT else sys.stderr.buffer
                     out.write(data)
                     out.flush()
-                elif channel == ERROR:
-                    status += data
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -139,27 +135,28 @@ async def stream_session(url: str, *, stdin: bool, tty: bool) -> int:
     return code
 
 
-def run_stream(url: str, *, stdin: bool, tty: bool) -> int:
+def run_stream(transport: Transport, url: str, *, stdin: bool, tty: bool) -> int:
     """``stream_session`` from synchronous code, with the local terminal raw while a remote one is used."""
     with raw_terminal(tty and stdin):
         try:
-            return asyncio.run(stream_session(url, stdin=stdin, tty=tty))
-        except aiohttp.WSServerHandshakeError as exc:
-            raise fail(f"streaming server refused the session: {exc.status} {exc.message}") from None
-        except aiohttp.ClientError as exc:
-            raise fail(f"cannot reach the streaming server: {exc}") from None
+            return asyncio.run(stream_session(transport, url, stdin=stdin, tty=tty))
+        except TransportError as exc:
+            raise fail(str(exc)) from None
 
 
-def check_transport(transport: str) -> None:
-    if transport != "websocket":
-        raise fail(f"--transport {transport!r}: crirt ctl speaks websocket only")
+def transport_for(name: str) -> Transport:
+    """The transport ``--transport`` names; a clear error for any other name."""
+    if name not in TRANSPORTS:
+        raise fail(f"--transport {name!r}: expected {' or '.join(TRANSPORTS)}")
+    return TRANSPORTS[name]()
 
 
-def exec_stream(ctx: typer.Context, container_id: str, cmd: list[str], *, stdin: bool, tty: bool) -> int:
+def exec_stream(ctx: typer.Context, transport: Transport, container_id: str, cmd: list[str], *, stdin: bool,
+                tty: bool) -> int:
     """``crirt ctl exec`` without ``--sync``: run ``cmd`` through the streaming server; its exit code."""
     request = ExecRequest(container_id=container_id, cmd=cmd, stdin=stdin, tty=tty, stdout=True, stderr=not tty)
     reply = call_runtime(ctx, lambda stub: stub.exec(request))
-    return run_stream(reply.url, stdin=stdin, tty=tty)
+    return run_stream(transport, reply.url, stdin=stdin, tty=tty)
 
 
 @app.command()
@@ -168,13 +165,13 @@ def attach(
     container_id: Annotated[str, typer.Argument(help="container id")],
     stdin: Annotated[bool, typer.Option("--stdin", "-i", help="pass stdin to the container")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="stdin is a TTY")] = False,
-    transport: TransportOption = "websocket",
+    transport: TransportOption = "spdy",
 ) -> None:
     """Attach to a running container's main process; exits when it exits (or, with -i, when stdin ends)."""
-    check_transport(transport)
+    wire = transport_for(transport)
     reply = call_runtime(ctx, lambda stub: stub.attach(AttachRequest(container_id=container_id, stdin=stdin, tty=tty,
                                                                      stdout=True, stderr=not tty)))
-    raise typer.Exit(run_stream(reply.url, stdin=stdin, tty=tty))
+    raise typer.Exit(run_stream(wire, reply.url, stdin=stdin, tty=tty))
 
 
 # ---- port-forward --------------------------------------------------------------------------------------------
@@ -202,49 +199,43 @@ async def _port_forward_url(settings: ClientSettings, pod_id: str, port: int) ->
         channel.close()
 
 
-async def _pipe(settings: ClientSettings, pod_id: str, remote: int, reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter) -> None:
-    """Carry one local connection to ``remote`` in the pod over its own WebSocket."""
+async def _pipe(transport: Transport, settings: ClientSettings, pod_id: str, remote: int,
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Carry one local connection to ``remote`` in the pod over its own streaming connection."""
     try:
         url = await _port_forward_url(settings, pod_id, remote)
-        async with aiohttp.ClientSession() as http, \
-                http.ws_connect(f"{url}?port={remote}", protocols=("v4.channel.k8s.io",), max_msg_size=0) as ws:
+        async with transport.tunnel(url, remote) as tunnel:
 
             async def upstream() -> None:
                 while data := await reader.read(READ_SIZE):
-                    await ws.send_bytes(bytes([0]) + data)
-                await ws.close()
+                    await tunnel.send(data)
+                await tunnel.close_send()
 
             sending = asyncio.ensure_future(upstream())
-            seen: set[int] = set()
             try:
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.BINARY or not message.data:
-                        continue
-                    channel, data = message.data[0], message.data[1:]
-                    if channel not in seen:  # the first message of each channel is the port
-                        seen.add(channel)
-                        data = data[2:]
-                    if channel == 0 and data:
-                        writer.write(data)
-                        await writer.drain()
-                    elif channel == 1 and data:
-                        sys.stderr.write(f"crirt ctl: port {remote}: {data.decode(errors='replace')}\n")
+                async with contextlib.aclosing(tunnel.received()) as received:
+                    async for channel, data in received:
+                        if channel == DATA:
+                            writer.write(data)
+                            await writer.drain()
+                        else:
+                            sys.stderr.write(f"crirt ctl: port {remote}: {data.decode(errors='replace')}\n")
             finally:
                 sending.cancel()
                 await asyncio.gather(sending, return_exceptions=True)
-    except (GRPCError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except (GRPCError, TransportError, OSError, TimeoutError) as exc:
         sys.stderr.write(f"crirt ctl: port {remote}: {getattr(exc, 'message', None) or exc}\n")
     finally:
         writer.close()
 
 
-async def _forward(settings: ClientSettings, pod_id: str, specs: list[tuple[int, int]], address: str) -> None:
+async def _forward(transport: Transport, settings: ClientSettings, pod_id: str, specs: list[tuple[int, int]],
+                   address: str) -> None:
     await _port_forward_url(settings, pod_id, specs[0][1])  # fail early when the pod is not there
     servers = []
     for local, remote in specs:
         server = await asyncio.start_server(
-            lambda r, w, remote=remote: _pipe(settings, pod_id, remote, r, w), address, local)
+            lambda r, w, remote=remote: _pipe(transport, settings, pod_id, remote, r, w), address, local)
         servers.append(server)
         bound = server.sockets[0].getsockname()[1]
         print(f"Forwarding from {address}:{bound} -> {remote}", flush=True)
@@ -265,13 +256,13 @@ def port_forward(
     pod_id: Annotated[str, typer.Argument(help="pod sandbox id")],
     ports: Annotated[list[str], typer.Argument(help="[LOCAL_PORT:]REMOTE_PORT, repeatable")],
     address: Annotated[str, typer.Option("--address", help="local address to listen on")] = "127.0.0.1",
-    transport: TransportOption = "websocket",
+    transport: TransportOption = "spdy",
 ) -> None:
     """Forward local ports to ports of a pod until interrupted (each connection gets its own URL)."""
-    check_transport(transport)
+    wire = transport_for(transport)
     specs = [parse_port_spec(spec) for spec in ports]
     try:
-        asyncio.run(_forward(ctx.obj, pod_id, specs, address))
+        asyncio.run(_forward(wire, ctx.obj, pod_id, specs, address))
     except GRPCError as exc:
         raise fail(f"{exc.status.name}: {exc.message}") from None
     except OSError as exc:

@@ -1,6 +1,7 @@
 """SPDY/3.1 wire format: frame headers, control frame payloads and zlib-compressed header blocks.
 
-Pure encoding and decoding with no I/O, so the session (crirt.streaming.spdy) and its tests share one codec.
+Pure encoding and decoding with no I/O, shared by the server session (crirt.streaming.spdy), crirt ctl's client
+(crirt.ctl.spdy_client) and their tests.
 Layouts follow the SPDY/3 draft; 3.1 only adds connection-level WINDOW_UPDATE on stream 0.
 """
 
@@ -144,7 +145,7 @@ def encode_data(stream_id: int, data: bytes | memoryview, fin: bool = False) -> 
 
 
 def encode_syn_stream(stream_id: int, block: bytes, *, fin: bool = False, priority: int = 0) -> bytes:
-    """SYN_STREAM (opened by a client; crirt only builds it in tests)."""
+    """SYN_STREAM: a client opening a stream (crirt ctl's SPDY client, and tests of the server)."""
     payload = struct.pack(">IIBB", stream_id, 0, (priority & 7) << 5, 0) + block
     return encode_control(FrameType.SYN_STREAM, FLAG_FIN if fin else 0, payload)
 

@@ -1,4 +1,5 @@
-"""``crirt ctl`` container verbs (create, start, ps, inspect, logs, exec, stats, statsp, stop, rm) with crictl JSON."""
+"""``crirt ctl`` container verbs (create, start, ps, inspect, logs, exec, stats, statsp, stop, rm) with crictl's JSON
+and YAML config files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from support.network import runc_shim_installed, wait_until
 
 from crirt.ctl.containers import read_cri_log
@@ -33,14 +35,15 @@ def test_container_verbs(env: ContainerEnv, tmp_path: Path) -> None:
                  "args": ["trap 'exit 0' TERM; echo hello; echo oops >&2; /bin/busybox sleep 1000 & wait"],
                  "logPath": "web/0.log", "labels": {"tier": "front"}, "stop_signal": "SIGTERM"}
     (tmp_path / "pod.json").write_text(json.dumps(sandbox))
-    (tmp_path / "container.json").write_text(json.dumps(container))
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(sandbox))
+    (tmp_path / "container.yaml").write_text(yaml.safe_dump(container))
 
     run = ctl(env, "runp", str(tmp_path / "pod.json"))
     assert run.returncode == 0, run.stderr
     pod_id = run.stdout.strip()
     cid = ""
     try:
-        created = ctl(env, "create", pod_id, str(tmp_path / "container.json"), str(tmp_path / "pod.json"))
+        created = ctl(env, "create", pod_id, str(tmp_path / "container.yaml"), str(tmp_path / "pod.yaml"))
         assert created.returncode == 0, created.stderr
         cid = created.stdout.strip()
         assert len(cid) == 64
