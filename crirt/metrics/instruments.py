@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Seconds; from a cached query (about a millisecond) to a slow RunPodSandbox or StopContainer's grace period."""
+CNI_OPERATIONS = ("ADD", "DEL")
+STREAM_KINDS = ("exec", "attach", "portforward")
+"""The ``kind`` of crirt.streaming.requests' requests."""
 PULL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 """Seconds; from an image already present to a multi-gigabyte one."""
 
@@ -27,14 +30,16 @@ def _own(registry: CollectorRegistry | None) -> CollectorRegistry:
 def timed(duration: Histogram, failures: Counter, *labels: str) -> Iterator[None]:
     """Observe the block's seconds in ``duration`` (every attempt) and count it in ``failures`` when it raises an
     exception (a cancellation is not the operation failing)."""
+    if labels:
+        duration, failures = duration.labels(*labels), failures.labels(*labels)
     start = time.perf_counter()
     try:
         yield
     except Exception:
-        failures.labels(*labels).inc()
+        failures.inc()
         raise
     finally:
-        duration.labels(*labels).observe(time.perf_counter() - start)
+        duration.observe(time.perf_counter() - start)
 
 
 class RpcMetrics:
@@ -94,6 +99,8 @@ class CniMetrics:
                                   ["operation"], registry=registry, buckets=LATENCY_BUCKETS)
         self.failures = Counter("crirt_cni_operation_failures", "CNI ADD or DEL calls that failed.", ["operation"],
                                 registry=registry)
+        for operation in CNI_OPERATIONS:  # a zero from the start, so a failure rate has a series to rise from
+            self.failures.labels(operation)
 
     def operation(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Time one ``ADD`` or ``DEL`` and count it as failed if it raises."""
@@ -109,6 +116,9 @@ class StreamMetrics:
                             registry=registry)
         self.started = Counter("crirt_streaming_sessions", "Streaming sessions started (upgraded connections).",
                                ["kind"], registry=registry)
+        for kind in STREAM_KINDS:  # zeros from the start, so dashboards show every kind
+            self.active.labels(kind)
+            self.started.labels(kind)
 
     @contextlib.contextmanager
     def session(self, kind: str) -> Iterator[None]:

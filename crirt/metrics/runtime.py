@@ -40,6 +40,8 @@ class RuntimeMetrics:
 
     def wrap(self, handler: str, shim: Shim) -> Shim:
         """``shim`` with its task methods timed under ``handler``; it answers everything else as itself."""
+        for operation in TIMED_OPERATIONS:  # zeros from the start, so a failure rate has a series to rise from
+            self.failures.labels(handler, operation)
         return cast(Shim, MeteredShim(shim, handler, self))
 
 
