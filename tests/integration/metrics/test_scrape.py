@@ -188,3 +188,11 @@ def test_every_dashboard_query_names_an_exported_metric(env: tuple[ContainerEnv,
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert all(p["targets"] and p["datasource"]["uid"] == "${datasource}" for p in panels)
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_every_exported_crirt_metric_is_documented(env: tuple[ContainerEnv, str]) -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "metrics.md").read_text()
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in scrape(env[1]).values()
+                if f.name.startswith("crirt_") and not f.name.endswith("_created")}
+    assert len(exported) >= 13
+    assert not {name for name in exported if f"`{name}`" not in doc}, "undocumented metrics in docs/metrics.md"
