@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from support.containers import ContainerEnv, container_env
+from support.daemon import start_daemon
 from support.network import runc_shim_installed
 from support.pods import pod_config, remove_pod, run_container
 
@@ -196,3 +197,12 @@ def test_every_exported_crirt_metric_is_documented(env: tuple[ContainerEnv, str]
                 if f.name.startswith("crirt_") and not f.name.endswith("_created")}
     assert len(exported) >= 13
     assert not {name for name in exported if f"`{name}`" not in doc}, "undocumented metrics in docs/metrics.md"
+
+
+def test_a_metrics_port_in_use_stops_the_daemon_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(AssertionError, match=f"cannot serve metrics on {address}: .*address already in use"):
+            start_daemon(tmp_path / "crirt", f'[metrics]\naddress = "{address}"\n')
