@@ -212,41 +212,6 @@ def _bind(mw: Middleware, call_next: CallNext) -> CallNext:
     return call
 
 
-@dataclass
-class RpcStats:
-    """Call count, error count and total latency of one command type."""
-
-    calls: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    max_seconds: float = 0.0
-
-
-@dataclass
-class MetricsMiddleware:
-    """Counts calls, errors and latency per RPC; shown in Status' verbose info."""
-
-    stats: dict[str, RpcStats] = field(default_factory=dict)
-
-    async def __call__(self, command: Command, call_next: CallNext) -> Any:
-        entry = self.stats.setdefault(command.rpc, RpcStats())
-        start = time.perf_counter()
-        try:
-            return await call_next(command)
-        except BaseException:
-            entry.errors += 1
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
-            entry.calls += 1
-            entry.seconds += elapsed
-            entry.max_seconds = max(entry.max_seconds, elapsed)
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return {rpc: {"calls": s.calls, "errors": s.errors, "seconds_total": round(s.seconds, 6),
-                      "seconds_max": round(s.max_seconds, 6)} for rpc, s in sorted(self.stats.items())}
-
-
 async def logging_middleware(command: Command, call_next: CallNext) -> Any:
     """Logs each command at debug level with its duration, and failures at info level."""
     start = time.perf_counter()

@@ -120,6 +120,30 @@ class StreamingConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """The Prometheus endpoint (crirt.metrics): off by default, as in containerd; opening a port is the operator's
+    call."""
+
+    address: str = Field("", description='"ip:port" serving /metrics over HTTP ("[::1]:9338" for IPv6); "" is off')
+
+    @field_validator("address")
+    @classmethod
+    def _ip_port(cls, value: str) -> str:
+        if value:
+            split_ip_port(value)  # ValueError says what is wrong
+        return value
+
+
+def split_ip_port(value: str) -> tuple[str, int]:
+    """(ip, port) of ``"ip:port"`` or ``"[ipv6]:port"``; ValueError naming the problem otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be ip:port with a port from 0 to 65535, e.g. 127.0.0.1:9338 or [::1]:9338")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return str(ipaddress.ip_address(host)), int(port)  # ValueError names the bad address
+
+
 class Config(BaseSettings):
     """The whole configuration; ``crirt config`` prints the effective one."""
 
@@ -148,6 +172,7 @@ class Config(BaseSettings):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
     cdi: CdiConfig = Field(default_factory=CdiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("runtimes", mode="before")
     @classmethod

@@ -176,7 +176,8 @@ class Reloader:
         specs = [HandlerSpec(name, new.runtimes[name].shim, new.runtimes[name].options)
                  for name in (*plan.added, *plan.replaced)]
         config = self.config
-        registry = await asyncio.to_thread(ShimRegistry.load, specs, new.default_runtime, config.root, config.state)
+        registry = await asyncio.to_thread(ShimRegistry.load, specs, new.default_runtime, config.root, config.state,
+                                           calls=self.registry.calls)
         await registry.probe_features()
         return registry
 

@@ -22,7 +22,7 @@ from crirt._gen.google_proto_descriptor_pool import default_google_proto_descrip
 from crirt.api.codec import PassThroughCodec
 from crirt.api.encoders import hot_path_encoders
 from crirt.api.frontend import Frontend, Limits
-from crirt.bus import Bus, MetricsMiddleware, durable, logging_middleware
+from crirt.bus import Bus, durable, logging_middleware
 from crirt.cdi.registry import CdiRegistry
 from crirt.config import Config
 from crirt.containers.metrics import MetricsService
@@ -30,6 +30,7 @@ from crirt.containers.queries import ContainerQueries
 from crirt.containers.service import ContainerService
 from crirt.containers.stats import StatsService
 from crirt.images.service import ImageService
+from crirt.metrics.daemon import DaemonMetrics
 from crirt.reload import Reloader
 from crirt.sandboxes.queries import SandboxQueries
 from crirt.sandboxes.service import SandboxService
@@ -58,7 +59,7 @@ class App:
     store: Store
     bus: Bus
     registry: ShimRegistry
-    metrics: MetricsMiddleware
+    metrics: DaemonMetrics
     frontend: Frontend
     sandboxes: SandboxService
     images: ImageService
@@ -69,35 +70,35 @@ class App:
 
 def build_app(config: Config) -> App:
     """Load the shim plugins, open the store and register every implemented command's handler."""
+    metrics = DaemonMetrics()
     try:
         registry = ShimRegistry.load(
             [HandlerSpec(name, rt.shim, rt.options) for name, rt in config.runtimes.items()],
-            default=config.default_runtime, root=config.root, state=config.state,
+            default=config.default_runtime, root=config.root, state=config.state, calls=metrics.runtime,
         )
     except PluginConflict as exc:
         raise StartupError(str(exc)) from None
     store = Store(config.root / "crirt.db")
-    metrics = MetricsMiddleware()
-    bus = Bus(subscriber_queue_size=config.event_queue_size,
-              middleware=[logging_middleware, metrics, durable(store)])
+    bus = Bus(subscriber_queue_size=config.event_queue_size, middleware=[logging_middleware, durable(store)])
     stalls = StallWatch(config.debug.loop_stall_ms / 1000) if config.debug.loop_stall_ms else None
     cdi = CdiRegistry(config.cdi)
-    RuntimeInfo(config, registry, metrics, store, stalls, cdi).register(bus)
+    RuntimeInfo(config, registry, metrics.rpcs, store, stalls, cdi).register(bus)
     ContainerQueries(store).register(bus)
     SandboxQueries(store).register(bus)
-    sandboxes = SandboxService(config, store, bus, registry)
+    sandboxes = SandboxService(config, store, bus, registry, metrics.cni)
     sandboxes.register(bus)
-    images = ImageService(config, store)
+    images = ImageService(config, store, metrics.pulls)
     images.register(bus)
     containers = ContainerService(config, store, bus, registry, sandboxes, images, cdi)
     containers.register(bus)
     stats = StatsService(containers, registry, sandboxes, images.snapshots, config.stats)
     stats.register(bus)
     MetricsService(stats).register(bus)
-    streaming = StreamingService(config.streaming, containers, sandboxes)
+    streaming = StreamingService(config.streaming, containers, sandboxes, metrics.streams)
     streaming.register(bus)
     limits = Limits(max_recv=config.grpc.max_recv_message_size, max_send=config.grpc.max_send_message_size)
-    frontend = Frontend(bus, limits, hot_path_encoders())
+    frontend = Frontend(bus, limits, hot_path_encoders(), metrics.rpcs)
+    metrics.count_records(sandboxes.records, containers.records, registry)
     return App(config, store, bus, registry, metrics, frontend, sandboxes, images, containers, streaming, stalls)
 
 
@@ -149,6 +150,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
         setup(app)
     if app.stalls is not None:
         app.stalls.start(asyncio.get_running_loop())
+    app.metrics.loop.start()
     await app.registry.probe_features()
     await app.sandboxes.start()  # default network, then finish what a crash left, before serving
     await app.containers.resume()
@@ -158,6 +160,11 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
     except OSError as exc:
         raise StartupError(f"cannot start the streaming server on {config.streaming.address} port "
                            f"{config.streaming.port}: {exc.strerror or exc}") from None
+    if config.metrics.address:
+        try:
+            await app.metrics.serve(config.metrics.address)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}") from None
     serving = ServiceStatus()
     serving.set(True)
     server = Server(_services(app, serving), codec=PassThroughCodec())
@@ -196,6 +203,7 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+        await app.metrics.close()
         await app.streaming.close()  # ends every session: exec processes are killed, attaches detached
         await app.bus.finish(SHUTDOWN_WAIT)  # pod teardowns whose callers went away
         await app.containers.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crirt import __version__
-from crirt.bus import Bus, MetricsMiddleware
+from crirt.bus import Bus
 from crirt.cdi.registry import CdiRegistry
 from crirt.commands.runtime import (
     RuntimeConfigCommand,
@@ -22,6 +22,7 @@ from crirt.commands.runtime import (
 )
 from crirt.config import Config
 from crirt.errors import InvalidArgument
+from crirt.metrics.instruments import RpcMetrics
 from crirt.model.base import Model
 from crirt.model.enums import CgroupDriver
 from crirt.model.runtime import (
@@ -65,7 +66,8 @@ class RuntimeInfo:
 
     config: Config
     registry: ShimRegistry
-    metrics: MetricsMiddleware
+    rpcs: RpcMetrics
+    """The front end's per-RPC figures, summed up for ``rpcMetrics``."""
     store: Store
     stalls: StallWatch | None = None
     """The loop-stall watchdog when ``[debug] loop_stall_ms`` turns it on."""
@@ -129,7 +131,7 @@ class RuntimeInfo:
             "defaultRuntime": json.dumps(self.registry.default),
             "cniConfigFiles": json.dumps([str(p) for p in cni_config_files(self.config.cni.conf_dir)]),
             "podCIDR": json.dumps(self._node.pod_cidr),
-            "rpcMetrics": json.dumps(self.metrics.snapshot()),
+            "rpcMetrics": json.dumps(self.rpcs.summary()),
             **({"loopStalls": json.dumps(self.stalls.report())} if self.stalls is not None else {}),
             **({"cdi": json.dumps(self.cdi.status())} if self.cdi is not None else {}),
         }

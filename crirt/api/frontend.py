@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from crirt.api.wire import WireError, check_message
 from crirt.bus import Bus
 from crirt.commands import ALL_COMMANDS
 from crirt.commands.base import Result
+from crirt.metrics.instruments import RpcMetrics
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class Frontend:
     bus: Bus
     limits: Limits
     encoders: Mapping[str, ResponseEncoder] = field(default_factory=dict)
+    rpcs: RpcMetrics = field(default_factory=RpcMetrics)
+    """Where every call's method, gRPC code and duration go."""
     draining: bool = False
     _in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,6 +108,8 @@ class Frontend:
                 raise GRPCError(Status.UNAVAILABLE, f"{rpc.name}: crirt is shutting down")
             logs.start_request(rpc.name)  # grpclib runs each call in a task of its own: the context is the call's
             tracked = not rpc.streaming  # long-lived streams are ended at shutdown, not waited for
+            start = time.perf_counter()
+            code = Status.OK
             if tracked:
                 self._in_flight += 1
                 self._idle.clear()
@@ -118,16 +124,21 @@ class Frontend:
                 else:
                     result = await self.bus.dispatch(command)
                     await stream.send_message(self._encode(rpc, encode, result))
-            except GRPCError:
+            except GRPCError as exc:
+                code = exc.status
                 raise
             except errors.CrirtError as exc:
-                raise GRPCError(_status_of(exc), f"{rpc.name}: {exc}") from exc
+                code = _status_of(exc)
+                raise GRPCError(code, f"{rpc.name}: {exc}") from exc
             except (asyncio.CancelledError, grpclib.exceptions.StreamTerminatedError):
+                code = Status.CANCELLED
                 raise
             except Exception as exc:
+                code = Status.INTERNAL
                 log.exception("%s: handler crashed", rpc.name)
                 raise GRPCError(Status.INTERNAL, f"{rpc.name}: internal error: {type(exc).__name__}: {exc}") from exc
             finally:
+                self.rpcs.observe(rpc.name, code.name, time.perf_counter() - start)
                 if tracked:
                     self._in_flight -= 1
                     if not self._in_flight:

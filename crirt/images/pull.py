@@ -166,6 +166,8 @@ class Progress:
     """Bytes and layers done, logged every ``PROGRESS_INTERVAL`` seconds while a pull runs."""
 
     ref: Reference
+    received: Callable[[int], None]
+    """Told every count of bytes read from the registry, as it is read (the pull-bytes metric)."""
     total: int = 0
     done: int = 0
     layers: int = 0
@@ -174,6 +176,7 @@ class Progress:
 
     def add(self, count: int) -> None:
         self.done += count
+        self.received(count)
 
     async def report(self) -> None:
         while True:
@@ -195,12 +198,14 @@ class Puller:
     leases: Leases
     record_snapshot: SnapshotRecorder
     executor: ThreadPoolExecutor
+    received: Callable[[int], None]
+    """Told every count of layer bytes read from a registry."""
     flights: Flights[tuple[str, str], None] = field(default_factory=Flights)
     config_flights: Flights[str, bytes] = field(default_factory=Flights)
 
     async def pull(self, ref: Reference, credentials: Credentials | None, lease: Lease) -> PulledImage:
         """Fetch everything ``ref`` needs and unpack its layers; raises crirt errors saying what went wrong."""
-        progress = Progress(ref)
+        progress = Progress(ref, self.received)
         reporter = asyncio.create_task(progress.report())
         try:
             async with self.client.session():

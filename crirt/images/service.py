@@ -45,6 +45,7 @@ from crirt.images.records import ImageRecord, ImageRecords, LayerRecord, Snapsho
 from crirt.images.reference import parse_reference
 from crirt.images.registry import Registries, RegistryClient
 from crirt.images.snapshots import SnapshotStore
+from crirt.metrics.instruments import PullMetrics
 from crirt.model.common import UInt64Value
 from crirt.model.image import Image
 from crirt.model.stats import FilesystemIdentifier, FilesystemUsage
@@ -69,6 +70,7 @@ class ImageService:
 
     config: Config
     store: Store
+    metrics: PullMetrics = field(default_factory=PullMetrics)
     records: ImageRecords = field(init=False)
     content: ContentStore = field(init=False)
     snapshots: SnapshotStore = field(init=False)
@@ -84,7 +86,7 @@ class ImageService:
         client = RegistryClient(Registries(self.config.registries), settings)
         executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="crirt-layer")
         self.puller = Puller(client, self.content, self.snapshots, settings, self.leases, self._record_snapshot,
-                             executor)
+                             executor, self.metrics.received)
         self._pinned = set(settings.pinned_images)
         self._fs_usage = Refreshed(self._measure_fs, self.config.stats.fs_usage_interval)
         self.content.recover()
@@ -188,7 +190,7 @@ class ImageService:
         sandbox = command.sandbox_config.metadata if command.sandbox_config else None
         log.info("pulling %s%s", ref, f" for pod {sandbox.namespace}/{sandbox.name}" if sandbox else "")
         try:
-            with self.leases.scope() as lease:
+            with self.metrics.pull(), self.leases.scope() as lease:
                 pulled = await self.puller.pull(ref, credentials, lease)
                 record = self._save(pulled, dict(command.image.annotations))
         except BaseException:

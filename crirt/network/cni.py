@@ -28,6 +28,7 @@ from typing import Any
 
 from crirt import proc
 from crirt.errors import CrirtError
+from crirt.metrics.instruments import CniMetrics
 
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 POD_IFNAME = "eth0"
@@ -218,10 +219,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 class Cni:
     """Runs CNI plugins for pods; one instance per daemon."""
 
-    def __init__(self, bin_dirs: Sequence[Path], cache_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(self, bin_dirs: Sequence[Path], cache_dir: Path, timeout: float = 60.0,
+                 metrics: CniMetrics | None = None) -> None:
         self.bin_dirs = list(bin_dirs)
         self.cache_dir = cache_dir
         self.timeout = timeout
+        self.metrics = CniMetrics() if metrics is None else metrics
         self._versions: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
 
     # ---- plugin binaries -------------------------------------------------------------------------------
@@ -338,10 +341,11 @@ class Cni:
         """Attach the pod to ``network``; returns the chain's final result.
 
         On failure the pod may be partly attached: call ``teardown`` (the cache says what to undo)."""
-        await self.check_versions(network)
-        await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, None)  # fsyncs
-        result = await self._add_chain(network, attachment, runtime_config)
-        await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, result)
+        with self.metrics.operation("ADD"):
+            await self.check_versions(network)
+            await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, None)  # fsyncs
+            result = await self._add_chain(network, attachment, runtime_config)
+            await asyncio.to_thread(self._write_cache, attachment, network, runtime_config, result)
         return result
 
     async def _add_chain(self, network: NetworkConfig, attachment: Attachment,
@@ -369,6 +373,12 @@ class Cni:
         entry = self.cached(container_id)
         if entry is None:
             return False
+        with self.metrics.operation("DEL"):
+            await self._del_chain(container_id, entry, netns)
+        return True
+
+    async def _del_chain(self, container_id: str, entry: Mapping[str, Any], netns: str | None) -> None:
+        """DEL every plugin of the cached chain, last first; drop the cache entry when all succeeded."""
         network = parse_network(json.dumps(entry["network"]), str(entry.get("source") or ""))
         attachment = Attachment(container_id=container_id, netns=entry.get("netns", "") if netns is None else netns,
                                 ifname=entry.get("ifName") or POD_IFNAME)
@@ -385,4 +395,3 @@ class Cni:
             raise CniError("; ".join(errors))
         with contextlib.suppress(FileNotFoundError):
             self.cache_path(container_id).unlink()
-        return True

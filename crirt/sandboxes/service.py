@@ -45,6 +45,7 @@ from crirt.commands.sandboxes import (
 )
 from crirt.config import Config
 from crirt.errors import AlreadyExists, CrirtError, FailedPrecondition, InvalidArgument, NotFound
+from crirt.metrics.instruments import CniMetrics
 from crirt.model.enums import NamespaceMode
 from crirt.model.sandbox import (
     PodSandbox,
@@ -115,12 +116,13 @@ def _unpin_all(paths: PodPaths, kinds: list[str]) -> list[str]:
 class SandboxService:
     """Owns the pod sandboxes: their records, namespaces, mounts, files, network and infra container."""
 
-    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry) -> None:
+    def __init__(self, config: Config, store: Store, bus: Bus, registry: ShimRegistry,
+                 cni_metrics: CniMetrics | None = None) -> None:
         self.config = config
         self.store = store
         self.bus = bus
         self.registry = registry
-        self.cni = Cni(config.cni.bin_dirs, config.root / "cni" / "results", config.cni.plugin_timeout)
+        self.cni = Cni(config.cni.bin_dirs, config.root / "cni" / "results", config.cni.plugin_timeout, cni_metrics)
         self.infra = InfraRunner(registry, config.sandboxes.infra_binary, config.cgroup_driver)
         self.pods_dir = config.state / "pods"
         self.records: Table[SandboxRecord] = store.table(RECORDS, SandboxRecord)

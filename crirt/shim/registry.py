@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crirt.errors import FailedPrecondition, InvalidArgument
+from crirt.metrics.runtime import RuntimeMetrics
 from crirt.shim.contract import API_VERSION, ENTRY_POINT_GROUP, HandlerFeatures, Shim, ShimContext
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class ShimRegistry:
 
     default: str
     handlers: dict[str, Handler]
+    calls: RuntimeMetrics | None = None
+    """Where the shims' task calls are timed (``None``: not timed); handlers added later use it too."""
 
     @classmethod
     def load(
@@ -93,9 +96,11 @@ class ShimRegistry:
         root: Path,
         state: Path,
         available: Iterable[EntryPoint] | None = None,
+        calls: RuntimeMetrics | None = None,
     ) -> ShimRegistry:
         """Load every plugin the specs name (once each) and instantiate one shim per handler; raise
-        ``PluginConflict`` if a named plugin is provided by more than one distribution."""
+        ``PluginConflict`` if a named plugin is provided by more than one distribution. With ``calls``, every
+        shim's task methods are timed there."""
         specs = list(specs)
         found: dict[str, list[EntryPoint]] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP) if available is None else available:
@@ -114,13 +119,14 @@ class ShimRegistry:
                 context = ShimContext(handler=spec.name, root=root / "shims" / spec.name,
                                       state=state / "shims" / spec.name)
                 try:
-                    handler.shim = plugin(context, spec.options)
+                    shim = plugin(context, spec.options)
+                    handler.shim = shim if calls is None else calls.wrap(spec.name, shim)
                 except Exception as exc:
                     handler.problem = f"handler {spec.name!r}: shim plugin {spec.plugin!r} rejected its options: {exc}"
             if handler.problem:
                 log.error("runtime handler %r is unavailable: %s", spec.name, handler.problem)
             handlers[spec.name] = handler
-        return cls(default, handlers)
+        return cls(default, handlers, calls)
 
     async def probe_features(self) -> None:
         """Ask every live shim for its features; a shim that fails here is marked broken."""

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from crirt.config import StreamingConfig
+from crirt.metrics.instruments import StreamMetrics
 from crirt.streaming import channels, portforward, websocket
 from crirt.streaming.http import Head, HttpError, error_response, read_head
 from crirt.streaming.idle import IdleWatch
@@ -71,9 +72,10 @@ def route(head: Head) -> tuple[str, str]:
 class StreamingServer:
     """Issues URLs for prepared requests and serves the connections that redeem them."""
 
-    def __init__(self, config: StreamingConfig, backend: Backend) -> None:
+    def __init__(self, config: StreamingConfig, backend: Backend, sessions: StreamMetrics | None = None) -> None:
         self.config = config
         self.backend = backend
+        self.sessions = StreamMetrics() if sessions is None else sessions
         self.tokens: TokenCache[StreamRequest] = TokenCache(config.token_ttl, config.max_tokens)
         self._ssl = tls_context(config)
         self._server: asyncio.Server | None = None
@@ -147,22 +149,24 @@ class StreamingServer:
                                  f"(Upgrade: {head.get('upgrade') or 'missing'})")
         await serve
 
-    async def _watched(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    async def _watched(self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        run: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
-        """Run an upgraded connection; close it when it stays idle longer than the idle timeout."""
+        """Run an upgraded connection (a session of ``kind``); close it when it stays idle longer than the idle
+        timeout."""
         watch = IdleWatch(reader, writer, self.config.idle_timeout)
-        session = asyncio.ensure_future(run(watch.reader, watch.writer))
-        idle = asyncio.ensure_future(watch.expired())
-        try:
-            await asyncio.wait([session, idle], return_when=asyncio.FIRST_COMPLETED)
-            if not session.done():
-                log.info("closing a streaming connection idle for %.0fs", self.config.idle_timeout)
-                writer.close()
-            await session
-        finally:
-            idle.cancel()
-            session.cancel()
-            await asyncio.gather(idle, session, return_exceptions=True)
+        with self.sessions.session(kind):
+            session = asyncio.ensure_future(run(watch.reader, watch.writer))
+            idle = asyncio.ensure_future(watch.expired())
+            try:
+                await asyncio.wait([session, idle], return_when=asyncio.FIRST_COMPLETED)
+                if not session.done():
+                    log.info("closing a streaming connection idle for %.0fs", self.config.idle_timeout)
+                    writer.close()
+                await session
+            finally:
+                idle.cancel()
+                session.cancel()
+                await asyncio.gather(idle, session, return_exceptions=True)
 
     async def _spdy(self, head: Head, request: StreamRequest, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:
@@ -189,7 +193,7 @@ class StreamingServer:
                     await channels.serve_spdy(session, protocol, request, self.backend.open_target,
                                               self.config.stream_creation_timeout)
 
-        await self._watched(reader, writer, run)
+        await self._watched(request.kind, reader, writer, run)
 
     async def _websocket(self, head: Head, request: StreamRequest, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
@@ -217,4 +221,4 @@ class StreamingServer:
                 frames.cancel()
                 await asyncio.gather(frames, return_exceptions=True)
 
-        await self._watched(reader, writer, run)
+        await self._watched(request.kind, reader, writer, run)

@@ -22,6 +22,7 @@ from crirt.config import StreamingConfig
 from crirt.containers.records import ContainerRecord
 from crirt.containers.service import ContainerService
 from crirt.errors import FailedPrecondition, InvalidArgument, NotFound
+from crirt.metrics.instruments import StreamMetrics
 from crirt.model.enums import ContainerState, PodSandboxState
 from crirt.sandboxes.service import SandboxService
 from crirt.streaming import targets
@@ -32,10 +33,11 @@ from crirt.streaming.server import StreamingServer
 class StreamingService:
     """Owns the streaming server; validates Exec/Attach/PortForward and connects sessions to their targets."""
 
-    def __init__(self, config: StreamingConfig, containers: ContainerService, sandboxes: SandboxService) -> None:
+    def __init__(self, config: StreamingConfig, containers: ContainerService, sandboxes: SandboxService,
+                 sessions: StreamMetrics | None = None) -> None:
         self.containers = containers
         self.sandboxes = sandboxes
-        self.server = StreamingServer(config, self)
+        self.server = StreamingServer(config, self, sessions)
 
     def register(self, bus: Bus) -> None:
         bus.register(ExecCommand, self.exec)

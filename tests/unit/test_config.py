@@ -107,3 +107,16 @@ def test_not_toml(tmp_path: Path) -> None:
 def test_config_model_round_trips_through_json() -> None:
     config = Config()
     assert Config.model_validate_json(config.model_dump_json()) == config
+
+
+def test_metrics_address_is_off_by_default_and_must_be_ip_port(tmp_path: Path) -> None:
+    assert Config().metrics.address == ""
+    good = tmp_path / "good.toml"
+    good.write_text('[metrics]\naddress = "[::1]:9338"\n')
+    assert load_config(good).metrics.address == "[::1]:9338"
+    for bad, problem in [("localhost:9338", "does not appear to be an IPv4 or IPv6 address"),
+                         ("127.0.0.1", "must be ip:port"), ("127.0.0.1:70000", "must be ip:port")]:
+        path = tmp_path / "bad.toml"
+        path.write_text(f'[metrics]\naddress = "{bad}"\n')
+        with pytest.raises(ConfigError, match=f"metrics.address: .*{problem}"):
+            load_config(path)
