@@ -148,6 +148,44 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
     app = build_app(config)
     if setup is not None:
         setup(app)
+    loop = asyncio.get_running_loop()
+    server: Server | None = None
+    reloader = None
+    try:  # whatever fails from here on, what was started is stopped again (mounts, tasks, listeners)
+        server, serving = await _start(app)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if reread is not None:
+            reloader = Reloader(app.config, app.sandboxes, app.images, app.registry, reread)
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
+                 config.state)
+        await notifier.send("READY=1", f"STATUS=serving CRI on unix://{socket_path}")
+        await stop.wait()
+        await notifier.send("STOPPING=1")
+        serving.set(False)
+        log.info("shutting down: draining %d in-flight call(s) for up to %.1fs", app.frontend.in_flight,
+                 config.shutdown_grace_period)
+        if not await app.frontend.drain(config.shutdown_grace_period):
+            log.warning("grace period over; cancelling %d call(s) still in flight", app.frontend.in_flight)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if reloader is not None:
+            await reloader.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+        await _stop(app)
+        log.info("crirt stopped")
+
+
+async def _start(app: App) -> tuple[Server, ServiceStatus]:
+    """Start every part of a built app and serve the CRI socket; the server and its health status."""
+    config = app.config
     if app.stalls is not None:
         app.stalls.start(asyncio.get_running_loop())
     app.metrics.loop.start()
@@ -170,49 +208,25 @@ async def serve(config: Config, setup: Callable[[App], None] | None = None,
     server = Server(_services(app, serving), codec=PassThroughCodec())
     old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
     try:
-        await server.start(path=str(socket_path))
+        await server.start(path=str(config.socket_path))
     finally:
         os.umask(old_umask)
-    os.chown(socket_path, 0, 0)
-    os.chmod(socket_path, 0o660)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloader = None
-    if reread is not None:
-        reloader = Reloader(app.config, app.sandboxes, app.images, app.registry, reread)
-        loop.add_signal_handler(signal.SIGHUP, reloader.request)
-    log.info("crirt %s serving CRI on unix://%s (root %s, state %s)", __version__, socket_path, config.root,
-             config.state)
-    await notifier.send("READY=1", f"STATUS=serving CRI on unix://{socket_path}")
-    try:
-        await stop.wait()
-        await notifier.send("STOPPING=1")
-        serving.set(False)
-        log.info("shutting down: draining %d in-flight call(s) for up to %.1fs", app.frontend.in_flight,
-                 config.shutdown_grace_period)
-        if not await app.frontend.drain(config.shutdown_grace_period):
-            log.warning("grace period over; cancelling %d call(s) still in flight", app.frontend.in_flight)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if reloader is not None:
-            await reloader.close()
-        server.close()
-        await server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        await app.metrics.close()
-        await app.streaming.close()  # ends every session: exec processes are killed, attaches detached
-        await app.bus.finish(SHUTDOWN_WAIT)  # pod teardowns whose callers went away
-        await app.containers.close()
-        await app.sandboxes.close()
-        await app.registry.close()
-        app.store.close()
-        if app.stalls is not None:
-            app.stalls.stop()
-        log.info("crirt stopped")
+    os.chown(config.socket_path, 0, 0)
+    os.chmod(config.socket_path, 0o660)
+    return server, serving
+
+
+async def _stop(app: App) -> None:
+    """Stop every part of the app, also one that started only in part."""
+    await app.metrics.close()
+    await app.streaming.close()  # ends every session: exec processes are killed, attaches detached
+    await app.bus.finish(SHUTDOWN_WAIT)  # pod teardowns whose callers went away
+    await app.containers.close()
+    await app.sandboxes.close()
+    await app.registry.close()
+    app.store.close()
+    if app.stalls is not None:
+        app.stalls.stop()
 
 
 def run(config: Config, setup: Callable[[App], None] | None = None,

@@ -206,3 +206,5 @@ def test_a_metrics_port_in_use_stops_the_daemon_naming_it(tmp_path: Path) -> Non
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(AssertionError, match=f"cannot serve metrics on {address}: .*address already in use"):
             start_daemon(tmp_path / "crirt", f'[metrics]\naddress = "{address}"\n')
+    mounts = [line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    assert not [m for m in mounts if m.startswith(f"{tmp_path}/")]  # a failed start undoes what it set up
