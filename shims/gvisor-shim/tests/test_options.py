@@ -37,10 +37,11 @@ def test_default_flags_use_ptrace_and_the_host_network() -> None:
 
 
 def test_every_option_becomes_a_global_flag() -> None:
-    flags = runsc_flags({"platform": "kvm", "network": "none", "overlay": "root:memory",
-                         "debug_log_dir": "/var/log/runsc", "extra_args": ["--net-raw"]})
-    assert flags == ["--platform=kvm", "--network=none", "--overlay2=root:memory", "--debug",
-                     "--debug-log=/var/log/runsc/", "--net-raw"]
+    flags = runsc_flags({"platform": "kvm", "network": "none", "overlay": "root:memory", "net_raw": True,
+                         "oci_seccomp": True, "debug_log_dir": "/var/log/runsc", "extra_args": ["--cgroupfs"]})
+    assert flags == ["--platform=kvm", "--network=none", "--overlay2=root:memory", "--net-raw", "--oci-seccomp",
+                     "--debug", "--debug-log=/var/log/runsc/", "--cgroupfs"]
+    assert runsc_flags({"net_raw": False, "oci_seccomp": False}) == runsc_flags({})
 
 
 @pytest.mark.parametrize(("options", "named"), [
@@ -50,6 +51,8 @@ def test_every_option_becomes_a_global_flag() -> None:
     ({"debug_log_dir": "relative/dir"}, "'debug_log_dir'"),
     ({"extra_args": ["--a b"]}, "'extra_args'"),
     ({"extra_args": "--net-raw"}, "'extra_args'"),
+    ({"net_raw": "yes"}, "'net_raw' must be true or false"),
+    ({"oci_seccomp": 1}, "'oci_seccomp' must be true or false"),
 ])
 def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):

@@ -25,7 +25,10 @@ from crirt_gvisor_shim.runtime import GvisorRuntime
 
 __version__ = "0.1.0"
 
-OPTIONS = ("binary", "root", "platform", "network", "overlay", "debug_log_dir", "extra_args", "conmon")
+OPTIONS = ("binary", "root", "platform", "network", "overlay", "net_raw", "oci_seccomp", "debug_log_dir", "extra_args",
+           "conmon")
+SWITCHES = {"net_raw": "--net-raw", "oci_seccomp": "--oci-seccomp"}
+"""Boolean options and the runsc flag each turns on."""
 PLATFORMS = ("ptrace", "kvm", "systrap")
 NETWORKS = ("host", "sandbox", "none")
 OVERLAY = re.compile(r"none|(root|all):(memory|/\S+)")
@@ -60,6 +63,12 @@ def runsc_flags(options: Mapping[str, Any]) -> list[str]:
             raise ValueError(f"option 'overlay' must be 'none', 'root:memory', 'all:memory' or '<root|all>:/dir', "
                              f"not {overlay!r}")
         flags.append(f"--overlay2={overlay}")
+    for name, flag in SWITCHES.items():
+        value = options.get(name, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"option {name!r} must be true or false, not {value!r}")
+        if value:
+            flags.append(flag)
     debug_log_dir = _absolute(options, "debug_log_dir", None)
     if debug_log_dir is not None:
         flags += ["--debug", f"--debug-log={debug_log_dir.rstrip('/')}/"]
@@ -84,6 +93,10 @@ class GvisorShim(DelegatingShim):
     - ``platform``: ``ptrace`` (default), ``kvm`` or ``systrap`` (only where the runsc has it)
     - ``network``: ``host`` (default here), ``sandbox`` or ``none``
     - ``overlay``: runsc ``--overlay2``, e.g. ``"root:memory"`` (default: runsc's own, no overlay)
+    - ``net_raw``: ``true`` gives raw sockets to containers with ``CAP_NET_RAW`` (runsc ``--net-raw``; off:
+      none has them, whatever its capabilities)
+    - ``oci_seccomp``: ``true`` applies the containers' seccomp profiles inside the sandbox (``--oci-seccomp``;
+      off: gVisor's own syscall filter only)
     - ``debug_log_dir``: turn on ``--debug`` and write runsc's debug logs there
     - ``extra_args``: more global runsc flags, given on every call
     - ``conmon``: the conmon binary, a name on PATH or a path (default ``"conmon"``)
