@@ -56,10 +56,9 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
 
 
 @pytest.fixture(scope="module")
-def cri_env(mirror: Mirror, request: pytest.FixtureRequest) -> Iterator[CriEnv]:
-    """A crirt daemon whose upstream registries are mirrored to ``mirror`` only, on a private bridge network,
-    with the test module's ``DAEMON_CONFIG`` (TOML, if it has one); whatever its pods leave behind is removed
-    afterwards."""
+def cri_env(mirror: Mirror) -> Iterator[CriEnv]:
+    """A crirt daemon whose upstream registries are mirrored to ``mirror`` only, on a private bridge network;
+    whatever its pods leave behind is removed afterwards."""
     for tool in ("critest", "crictl"):
         assert (CRI_TOOLS / tool).is_file(), f"{CRI_TOOLS / tool} is missing (cri-tools belong in shared/tools)"
     base = searchable_tmpdir("crirt-cri-tools-")  # the UserNamespaces specs run pods with a user namespace
@@ -69,8 +68,7 @@ def cri_env(mirror: Mirror, request: pytest.FixtureRequest) -> Iterator[CriEnv]:
     empty.write_text("")
     daemon = None
     try:
-        daemon = start_daemon(base / "d", getattr(request.module, "DAEMON_CONFIG", ""),
-                              cni_config="default_network = false\n",
+        daemon = start_daemon(base / "d", cni_config="default_network = false\n",
                               registries=mirror_config(mirror.registry.host))
         yield CriEnv(daemon, empty, base)
     finally:
