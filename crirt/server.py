@@ -22,6 +22,7 @@ from crirt._gen.google_proto_descriptor_pool import default_google_proto_descrip
 from crirt.api.codec import PassThroughCodec
 from crirt.api.encoders import hot_path_encoders
 from crirt.api.frontend import Frontend, Limits
+from crirt.api.http2 import bound_closed_streams
 from crirt.bus import Bus, durable, logging_middleware
 from crirt.cdi.registry import CdiRegistry
 from crirt.config import Config
@@ -205,6 +206,7 @@ async def _start(app: App) -> tuple[Server, ServiceStatus]:
             raise StartupError(f"cannot serve metrics on {config.metrics.address}: {exc.strerror or exc}") from None
     serving = ServiceStatus()
     serving.set(True)
+    bound_closed_streams()
     server = Server(_services(app, serving), codec=PassThroughCodec())
     old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
     try:
