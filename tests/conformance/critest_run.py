@@ -63,6 +63,37 @@ class Outcome:
         assert total > 100 and self.passed, f"critest ran only {total} specs"
 
 
+def left_behind(cri_env: CriEnv, wait: float = 10.0) -> list[str]:
+    """What critest's pods left on the node once it finished (it removes every pod it makes), after up to
+    ``wait`` seconds: processes whose command line names the daemon's directory (conmon, runsc sandboxes and
+    gofers, holders; the daemon itself aside), and mounts under its pods and rootfs directories (namespace pins,
+    /dev/shm, overlays)."""
+    base = str(cri_env.base / "d")
+    deadline = time.monotonic() + wait
+    while True:
+        found = [f"process {pid}: {args[:160]}" for pid, args in _processes()
+                 if base in args and pid != cri_env.daemon.proc.pid]
+        points = [line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        found += [f"mount {point}" for point in points
+                  if point.startswith((f"{base}/state/pods/", f"{base}/root/rootfs/"))]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process that is still there when read."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace")))
+            except OSError:
+                continue
+    return found
+
+
 def run_critest(cri_env: CriEnv, name: str, accepted: dict[str, str], extra_args: tuple[str, ...] = (),
                 expected_skips: dict[str, str] = EXPECTED_SKIPS) -> Outcome:
     """Run critest (``extra_args`` added), keep its report as ``tests/.artifacts/<name>-report.json`` and its

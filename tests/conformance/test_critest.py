@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import CriEnv
-from .critest_run import run_critest
+from .critest_run import left_behind, run_critest
 
 HOST_LIMITED: dict[str, str] = {
     "[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance]":
@@ -23,3 +23,5 @@ HOST_LIMITED: dict[str, str] = {
 @pytest.mark.timeout(3600)
 def test_critest(cri_env: CriEnv) -> None:
     run_critest(cri_env, "critest", HOST_LIMITED).check()
+    left = left_behind(cri_env)
+    assert not left, "\n".join(left)  # critest removed its pods: nothing of them may remain

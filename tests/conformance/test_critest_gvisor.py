@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from .conftest import CriEnv
-from .critest_run import EXPECTED_SKIPS, run_critest
+from .critest_run import EXPECTED_SKIPS, left_behind, run_critest
 from .test_critest import HOST_LIMITED
 
 NS = "[k8s.io] Security Context NamespaceOption runtime should support "
@@ -82,3 +82,5 @@ pytestmark = [pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc is
 def test_critest_gvisor(cri_env: CriEnv) -> None:
     run_critest(cri_env, "critest-runsc", HOST_LIMITED | GVISOR_LIMITED, ("--runtime-handler=runsc",),
                 GVISOR_SKIPS).check()
+    left = left_behind(cri_env)
+    assert not left, "\n".join(left)  # no runsc sandbox, gofer, conmon or holder, no mount or netns pin

@@ -76,10 +76,12 @@ class Pod:
     def log(self, name: str) -> Path:
         return self.base / "logs" / f"{name}.log"
 
-    def task(self, name: str, args: list[str], terminal: bool = False, join: bool = True) -> CreateTask:
+    def task(self, name: str, args: list[str], terminal: bool = False, join: bool = True,
+             stdin: bool = False) -> CreateTask:
         annotations = JOIN if join else {"io.kubernetes.cri.container-type": "sandbox"}
         return CreateTask(id=name, sandbox_id=SANDBOX, bundle=self.bundle(name, args, terminal, annotations),
-                          annotations=annotations, stdio=Stdio(log_path=self.log(name), terminal=terminal))
+                          annotations=annotations,
+                          stdio=Stdio(log_path=self.log(name), terminal=terminal, stdin=stdin))
 
     async def run(self, name: str, args: list[str], terminal: bool = False) -> None:
         await self.shim.create(self.task(name, args, terminal))
@@ -144,6 +146,21 @@ def test_sub_container_with_a_terminal(pod: Pod) -> None:
         await pod.shim.resize("tty", None, 100, 40)
         await pod.shim.kill("tty", 9)
         assert (await asyncio.wait_for(pod.shim.wait("tty"), 15)).exit_code == 137
+
+    asyncio.run(scenario())
+
+
+def test_a_sub_container_reads_what_attach_sends(pod: Pod) -> None:
+    async def scenario() -> None:
+        await pod.shim.create(pod.task("reader", ["/bin/sh", "-c", "read line; echo got $line"], stdin=True))
+        await pod.shim.start("reader")
+        io = await pod.shim.attach("reader", stdin=True, terminal=False)
+        try:
+            await io.write_stdin(b"hello\n")
+            assert (await asyncio.wait_for(pod.shim.wait("reader"), 15)).exit_code == 0
+        finally:
+            await io.close()
+        assert lines(pod.log("reader")) == [("stdout", "got hello")]  # its stdin was /dev/null: "got"
 
     asyncio.run(scenario())
 

@@ -51,5 +51,9 @@ hold() {
     exit "${code:-255}"
 }
 
-hold &
+# A background job of a non-interactive sh reads /dev/null, not our stdin (POSIX), and an explicit redirection
+# comes after that: hand it conmon's stdin through fd 3, or the container would never read what attach sends.
+exec 3<&0
+hold 0<&3 3<&- &
+exec 3<&-
 echo "$!" > "$pid_file"
