@@ -64,10 +64,13 @@ class Outcome:
 
 
 def left_behind(cri_env: CriEnv, wait: float = 10.0) -> list[str]:
-    """What critest's pods left on the node once it finished (it removes every pod it makes), after up to
-    ``wait`` seconds: processes whose command line names the daemon's directory (conmon, runsc sandboxes and
-    gofers, holders; the daemon itself aside), and mounts under its pods and rootfs directories (namespace pins,
-    /dev/shm, overlays)."""
+    """What remains on the node of critest's pods once the pods it left are removed (a spec that fails stops
+    before its own clean-up), after up to ``wait`` seconds: processes whose command line names the daemon's
+    directory (conmon, runsc sandboxes and gofers, holders; the daemon itself aside), and mounts under its pods
+    and rootfs directories (namespace pins, /dev/shm, overlays)."""
+    removed = subprocess.run([str(CRI_TOOLS / "crictl"), *cri_env.endpoint_args(), "--timeout", "60s", "rmp",
+                              "--all", "--force"], capture_output=True, text=True, timeout=600)
+    assert removed.returncode == 0, f"crictl rmp --all --force: {removed.stderr[-2000:]}"
     base = str(cri_env.base / "d")
     deadline = time.monotonic() + wait
     while True:
